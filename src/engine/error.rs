@@ -1,0 +1,36 @@
+//! Errors the engine reports: bad input files, bad parameters, bad model files.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}: {message}")]
+    Parse {
+        path: PathBuf,
+        line: u64,
+        message: String,
+    },
+    #[error("invalid hyperparameters: {0}")]
+    InvalidHyper(String),
+    #[error("no training data: {0}")]
+    NoData(String),
+    #[error("model file {path}: {message}")]
+    ModelFile { path: PathBuf, message: String },
+    #[error("training cancelled")]
+    Cancelled,
+}
+
+impl EngineError {
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        EngineError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}

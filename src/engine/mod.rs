@@ -1,0 +1,14 @@
+//! The recommendation engine: data, model, trainers and evaluation (no web, no database).
+
+pub mod data;
+pub mod error;
+pub mod model;
+pub mod params;
+pub mod persist;
+pub mod train;
+
+pub use data::{Dataset, IdMap, Rating};
+pub use error::EngineError;
+pub use model::{EpochStats, Model, Prediction, TrainReport};
+pub use params::{Hyper, Scale, TrainerKind};
+pub use train::train;

@@ -1,0 +1,343 @@
+//! The learned model: biases and factor matrices, prediction, top-N and similar items.
+
+use super::data::{IdMap, Rating};
+use super::params::Hyper;
+use ndarray::{Array1, Array2};
+use serde::{Deserialize, Serialize};
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
+
+/// Loss and (optional) validation error after one epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct EpochStats {
+    /// 1-based epoch number (for `funk`: counted across all factors).
+    pub epoch: usize,
+    /// Regularised objective ½Σe² + ½λΣ‖θ‖² over the training ratings.
+    pub loss: f64,
+    /// RMSE on the training ratings.
+    pub train_rmse: f64,
+    /// RMSE on the validation ratings, when the trainer was given some.
+    pub validation_rmse: Option<f64>,
+}
+
+/// What a training run reports alongside the model.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrainReport {
+    pub epochs: Vec<EpochStats>,
+    pub train_seconds: f64,
+    pub n_ratings: usize,
+}
+
+impl TrainReport {
+    pub fn last(&self) -> Option<&EpochStats> {
+        self.epochs.last()
+    }
+}
+
+/// A prediction for one (user, item) pair, saying which terms were known.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Prediction {
+    pub rating: f32,
+    pub known_user: bool,
+    pub known_item: bool,
+}
+
+/// Biased matrix factorisation r̂ = μ + b_u + b_i + p_u·q_i (or p_u·q_i alone).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Model {
+    pub hyper: Hyper,
+    pub users: IdMap,
+    pub items: IdMap,
+    /// μ (0 when `hyper.biased` is false).
+    pub global_mean: f32,
+    pub user_bias: Array1<f32>,
+    pub item_bias: Array1<f32>,
+    /// P: one row per user, `hyper.factors` columns.
+    pub user_factors: Array2<f32>,
+    /// Q: one row per item, `hyper.factors` columns.
+    pub item_factors: Array2<f32>,
+    /// Training ratings per item (for popularity fallback).
+    pub item_counts: Vec<u32>,
+    /// Sum of training ratings per item (for the damped mean).
+    pub item_sums: Vec<f64>,
+    pub report: TrainReport,
+}
+
+/// Dot product written so LLVM vectorises it (8 independent accumulators).
+#[inline]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0.0f32; 8];
+    let chunks = n / 8;
+    for c in 0..chunks {
+        let o = c * 8;
+        for l in 0..8 {
+            acc[l] += a[o + l] * b[o + l];
+        }
+    }
+    let mut s = (acc[0] + acc[4]) + (acc[1] + acc[5]) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for j in chunks * 8..n {
+        s += a[j] * b[j];
+    }
+    s
+}
+
+#[derive(PartialEq)]
+struct Scored(f32, u32);
+impl Eq for Scored {}
+impl PartialOrd for Scored {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Scored {
+    // Reversed so that BinaryHeap is a min-heap on score (ties: larger index first out).
+    fn cmp(&self, other: &Self) -> Ordering {
+        other
+            .0
+            .total_cmp(&self.0)
+            .then_with(|| self.1.cmp(&other.1))
+    }
+}
+
+/// Keeps the `n` best (score, index) pairs seen; result sorted best first.
+pub struct TopK {
+    n: usize,
+    heap: BinaryHeap<Scored>,
+}
+
+impl TopK {
+    pub fn new(n: usize) -> Self {
+        TopK {
+            n,
+            heap: BinaryHeap::with_capacity(n + 1),
+        }
+    }
+
+    #[inline]
+    pub fn push(&mut self, score: f32, index: u32) {
+        if self.n == 0 || score.is_nan() {
+            return;
+        }
+        if self.heap.len() < self.n {
+            self.heap.push(Scored(score, index));
+        } else if let Some(worst) = self.heap.peek() {
+            if score > worst.0 {
+                self.heap.pop();
+                self.heap.push(Scored(score, index));
+            }
+        }
+    }
+
+    pub fn into_sorted(self) -> Vec<(u32, f32)> {
+        // into_sorted_vec is ascending by Ord, which is descending by score.
+        self.heap
+            .into_sorted_vec()
+            .into_iter()
+            .map(|Scored(s, i)| (i, s))
+            .collect()
+    }
+}
+
+impl Model {
+    /// A model with zero biases and factors drawn by the caller later.
+    pub fn zeros(hyper: Hyper, users: IdMap, items: IdMap, global_mean: f32) -> Self {
+        let (nu, ni, k) = (users.len(), items.len(), hyper.factors);
+        Model {
+            hyper,
+            global_mean,
+            user_bias: Array1::zeros(nu),
+            item_bias: Array1::zeros(ni),
+            user_factors: Array2::zeros((nu, k)),
+            item_factors: Array2::zeros((ni, k)),
+            item_counts: vec![0; ni],
+            item_sums: vec![0.0; ni],
+            users,
+            items,
+            report: TrainReport::default(),
+        }
+    }
+
+    pub fn factors(&self) -> usize {
+        self.user_factors.ncols()
+    }
+
+    pub fn n_users(&self) -> usize {
+        self.user_factors.nrows()
+    }
+
+    pub fn n_items(&self) -> usize {
+        self.item_factors.nrows()
+    }
+
+    #[inline]
+    pub fn user_row(&self, u: u32) -> &[f32] {
+        let k = self.factors();
+        let s = self.user_factors.as_slice().expect("row-major factors");
+        &s[u as usize * k..(u as usize + 1) * k]
+    }
+
+    #[inline]
+    pub fn item_row(&self, i: u32) -> &[f32] {
+        let k = self.factors();
+        let s = self.item_factors.as_slice().expect("row-major factors");
+        &s[i as usize * k..(i as usize + 1) * k]
+    }
+
+    /// Unclamped prediction by dense index; an unknown side (None) drops its terms.
+    #[inline]
+    pub fn raw_predict(&self, user: Option<u32>, item: Option<u32>) -> f32 {
+        let mut r = self.global_mean;
+        if let Some(u) = user {
+            r += self.user_bias[u as usize];
+        }
+        if let Some(i) = item {
+            r += self.item_bias[i as usize];
+        }
+        if let (Some(u), Some(i)) = (user, item) {
+            r += dot(self.user_row(u), self.item_row(i));
+        }
+        r
+    }
+
+    /// Prediction by dense index, clamped to the rating scale.
+    #[inline]
+    pub fn predict_index(&self, user: u32, item: u32) -> f32 {
+        self.hyper
+            .scale
+            .clamp(self.raw_predict(Some(user), Some(item)))
+    }
+
+    /// Prediction by external ids, clamped to the rating scale.
+    pub fn predict(&self, user: &str, item: &str) -> Prediction {
+        let u = self.users.get(user);
+        let i = self.items.get(item);
+        let mut rating = self.raw_predict(u, i);
+        if !self.hyper.biased && (u.is_none() || i.is_none()) {
+            // Plain Funk has no μ: fall back to the mid-scale value.
+            rating = (self.hyper.scale.min + self.hyper.scale.max) / 2.0;
+        }
+        Prediction {
+            rating: self.hyper.scale.clamp(rating),
+            known_user: u.is_some(),
+            known_item: i.is_some(),
+        }
+    }
+
+    /// Predictions for a slice of ratings (by dense index), clamped.
+    pub fn predict_all(&self, ratings: &[Rating]) -> Vec<f32> {
+        ratings
+            .iter()
+            .map(|r| self.predict_for(r.user, r.item))
+            .collect()
+    }
+
+    /// Prediction for indices that may lie outside the model (treated as unknown).
+    #[inline]
+    pub fn predict_for(&self, user: u32, item: u32) -> f32 {
+        let u = ((user as usize) < self.n_users()).then_some(user);
+        let i = ((item as usize) < self.n_items()).then_some(item);
+        let mut r = self.raw_predict(u, i);
+        if !self.hyper.biased && (u.is_none() || i.is_none()) {
+            r = (self.hyper.scale.min + self.hyper.scale.max) / 2.0;
+        }
+        self.hyper.scale.clamp(r)
+    }
+
+    /// The `n` items with the highest predicted rating for user `u`, skipping
+    /// items for which `exclude` is true. One contiguous pass over Q with a
+    /// bounded heap (no full sort). Scores are clamped predictions.
+    pub fn top_n(&self, u: u32, n: usize, exclude: impl Fn(u32) -> bool) -> Vec<(u32, f32)> {
+        let k = self.factors();
+        let p = self.user_row(u);
+        let q = self.item_factors.as_slice().expect("row-major factors");
+        let bias = self.item_bias.as_slice().expect("contiguous biases");
+        let mut top = TopK::new(n);
+        for (i, (row, &b)) in q.chunks_exact(k.max(1)).zip(bias).enumerate() {
+            let i = i as u32;
+            if exclude(i) {
+                continue;
+            }
+            top.push(b + dot(p, row), i);
+        }
+        let base = self.global_mean + self.user_bias[u as usize];
+        top.into_sorted()
+            .into_iter()
+            .map(|(i, s)| (i, self.hyper.scale.clamp(base + s)))
+            .collect()
+    }
+
+    /// Damped item mean (s_i + m·μ)/(n_i + m), the fallback ranking for unknown users.
+    pub fn popular(&self, n: usize, exclude: impl Fn(u32) -> bool) -> Vec<(u32, f32)> {
+        const DAMPING: f64 = 10.0;
+        let mu = if self.hyper.biased {
+            self.global_mean as f64
+        } else {
+            let (s, c) = self
+                .item_sums
+                .iter()
+                .zip(&self.item_counts)
+                .fold((0.0, 0u64), |(s, c), (x, y)| (s + x, c + *y as u64));
+            if c == 0 {
+                0.0
+            } else {
+                s / c as f64
+            }
+        };
+        let mut top = TopK::new(n);
+        for (i, (&s, &c)) in self.item_sums.iter().zip(&self.item_counts).enumerate() {
+            if exclude(i as u32) {
+                continue;
+            }
+            let score = (s + DAMPING * mu) / (c as f64 + DAMPING);
+            top.push(score as f32, i as u32);
+        }
+        top.into_sorted()
+    }
+
+    /// The `n` items most cosine-similar to item `i` in factor space (excluding itself).
+    pub fn similar_items(&self, i: u32, n: usize) -> Vec<(u32, f32)> {
+        let k = self.factors();
+        let q = self.item_factors.as_slice().expect("row-major factors");
+        let target = self.item_row(i);
+        let tn = dot(target, target).sqrt();
+        let mut top = TopK::new(n);
+        if tn == 0.0 {
+            return Vec::new();
+        }
+        for (j, row) in q.chunks_exact(k.max(1)).enumerate() {
+            if j as u32 == i {
+                continue;
+            }
+            let rn = dot(row, row).sqrt();
+            if rn == 0.0 {
+                continue;
+            }
+            top.push(dot(target, row) / (tn * rn), j as u32);
+        }
+        top.into_sorted()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topk_keeps_best_sorted() {
+        let mut t = TopK::new(3);
+        for (i, s) in [0.5f32, 2.0, -1.0, 3.0, 1.0, f32::NAN].iter().enumerate() {
+            t.push(*s, i as u32);
+        }
+        assert_eq!(t.into_sorted(), vec![(3, 3.0), (1, 2.0), (4, 1.0)]);
+    }
+
+    #[test]
+    fn dot_matches_naive() {
+        let a: Vec<f32> = (0..37).map(|x| x as f32 * 0.5).collect();
+        let b: Vec<f32> = (0..37).map(|x| 1.0 - x as f32 * 0.1).collect();
+        let naive: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+        assert!((dot(&a, &b) - naive).abs() < 1e-3);
+    }
+}

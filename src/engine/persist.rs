@@ -1,0 +1,265 @@
+//! Versioned, checksummed binary model files (write to temp, fsync, rename).
+
+use super::data::IdMap;
+use super::error::EngineError;
+use super::model::{Model, TrainReport};
+use super::params::Hyper;
+use ndarray::{Array1, Array2};
+use serde::{Deserialize, Serialize};
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::path::Path;
+
+/// First 8 bytes of every model file.
+pub const MAGIC: &[u8; 8] = b"FUNKREC\0";
+/// Bumped whenever the layout changes; older versions are refused.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// JSON header: everything but the arrays.
+#[derive(Serialize, Deserialize)]
+struct Header {
+    hyper: Hyper,
+    report: TrainReport,
+    global_mean: f32,
+    n_users: u64,
+    n_items: u64,
+    factors: u64,
+}
+
+fn put_u32(buf: &mut Vec<u8>, v: u32) {
+    buf.extend_from_slice(&v.to_le_bytes());
+}
+
+fn put_f32s(buf: &mut Vec<u8>, xs: impl IntoIterator<Item = f32>) {
+    for x in xs {
+        buf.extend_from_slice(&x.to_le_bytes());
+    }
+}
+
+fn put_ids(buf: &mut Vec<u8>, ids: &IdMap) {
+    for id in ids.ids() {
+        put_u32(buf, id.len() as u32);
+        buf.extend_from_slice(id.as_bytes());
+    }
+}
+
+/// Serialises a model: magic, version, header length, JSON header, arrays, CRC32.
+pub fn to_bytes(model: &Model) -> Vec<u8> {
+    let header = Header {
+        hyper: model.hyper.clone(),
+        report: model.report.clone(),
+        global_mean: model.global_mean,
+        n_users: model.n_users() as u64,
+        n_items: model.n_items() as u64,
+        factors: model.factors() as u64,
+    };
+    let header = serde_json::to_vec(&header).expect("header serialises");
+    let k = model.factors();
+    let mut buf = Vec::with_capacity(
+        64 + header.len() + 4 * (model.n_users() + model.n_items()) * (k + 4) + 16,
+    );
+    buf.extend_from_slice(MAGIC);
+    put_u32(&mut buf, FORMAT_VERSION);
+    put_u32(&mut buf, header.len() as u32);
+    buf.extend_from_slice(&header);
+    put_ids(&mut buf, &model.users);
+    put_ids(&mut buf, &model.items);
+    put_f32s(&mut buf, model.user_bias.iter().copied());
+    put_f32s(&mut buf, model.item_bias.iter().copied());
+    put_f32s(&mut buf, model.user_factors.iter().copied());
+    put_f32s(&mut buf, model.item_factors.iter().copied());
+    for &c in &model.item_counts {
+        put_u32(&mut buf, c);
+    }
+    for &s in &model.item_sums {
+        buf.extend_from_slice(&s.to_le_bytes());
+    }
+    let crc = crc32fast::hash(&buf);
+    put_u32(&mut buf, crc);
+    buf
+}
+
+struct Cursor<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&e| e <= self.buf.len())
+            .ok_or("truncated")?;
+        let s = &self.buf[self.pos..end];
+        self.pos = end;
+        Ok(s)
+    }
+    fn u32(&mut self) -> Result<u32, String> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().unwrap()))
+    }
+    fn f32s(&mut self, n: usize) -> Result<Vec<f32>, String> {
+        let bytes = self.take(n.checked_mul(4).ok_or("size overflow")?)?;
+        Ok(bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect())
+    }
+    fn ids(&mut self, n: usize) -> Result<IdMap, String> {
+        let mut ids = Vec::with_capacity(n.min(self.buf.len()));
+        for _ in 0..n {
+            let len = self.u32()? as usize;
+            let s = std::str::from_utf8(self.take(len)?).map_err(|_| "id is not UTF-8")?;
+            ids.push(s.to_owned());
+        }
+        IdMap::from_ids(ids)
+    }
+}
+
+/// Parses and verifies bytes written by [`to_bytes`].
+pub fn from_bytes(buf: &[u8]) -> Result<Model, String> {
+    if buf.len() < MAGIC.len() + 12 {
+        return Err("truncated".into());
+    }
+    if &buf[..8] != MAGIC {
+        return Err("not a funkrec model file (bad magic)".into());
+    }
+    let (body, crc) = buf.split_at(buf.len() - 4);
+    let stored = u32::from_le_bytes(crc.try_into().unwrap());
+    if crc32fast::hash(body) != stored {
+        return Err("checksum mismatch (truncated or corrupted)".into());
+    }
+    let mut c = Cursor { buf: body, pos: 8 };
+    let version = c.u32()?;
+    if version != FORMAT_VERSION {
+        return Err(format!(
+            "format version {version}, this build reads {FORMAT_VERSION}"
+        ));
+    }
+    let hlen = c.u32()? as usize;
+    let header: Header =
+        serde_json::from_slice(c.take(hlen)?).map_err(|e| format!("bad header: {e}"))?;
+    let (nu, ni, k) = (
+        header.n_users as usize,
+        header.n_items as usize,
+        header.factors as usize,
+    );
+    if k != header.hyper.factors {
+        return Err("factor count disagrees with hyperparameters".into());
+    }
+    let users = c.ids(nu)?;
+    let items = c.ids(ni)?;
+    let user_bias = Array1::from(c.f32s(nu)?);
+    let item_bias = Array1::from(c.f32s(ni)?);
+    let overflow = || "size overflow".to_string();
+    let user_factors =
+        Array2::from_shape_vec((nu, k), c.f32s(nu.checked_mul(k).ok_or_else(overflow)?)?)
+            .map_err(|e| e.to_string())?;
+    let item_factors =
+        Array2::from_shape_vec((ni, k), c.f32s(ni.checked_mul(k).ok_or_else(overflow)?)?)
+            .map_err(|e| e.to_string())?;
+    let mut item_counts = Vec::with_capacity(ni);
+    for _ in 0..ni {
+        item_counts.push(c.u32()?);
+    }
+    let mut item_sums = Vec::with_capacity(ni);
+    for _ in 0..ni {
+        item_sums.push(f64::from_le_bytes(c.take(8)?.try_into().unwrap()));
+    }
+    if c.pos != body.len() {
+        return Err("trailing bytes".into());
+    }
+    Ok(Model {
+        hyper: header.hyper,
+        users,
+        items,
+        global_mean: header.global_mean,
+        user_bias,
+        item_bias,
+        user_factors,
+        item_factors,
+        item_counts,
+        item_sums,
+        report: header.report,
+    })
+}
+
+/// Writes atomically: a temp file beside `path`, fsync, rename, fsync the directory.
+pub fn save(model: &Model, path: &Path) -> Result<(), EngineError> {
+    let bytes = to_bytes(model);
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
+    let tmp = path.with_extension("tmp");
+    let io = |e| EngineError::io(&tmp, e);
+    let mut f = File::create(&tmp).map_err(io)?;
+    f.write_all(&bytes).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    drop(f);
+    fs::rename(&tmp, path).map_err(|e| EngineError::io(path, e))?;
+    if let Some(dir) = dir {
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
+}
+
+/// Reads and verifies a model file.
+pub fn load(path: &Path) -> Result<Model, EngineError> {
+    let mut buf = Vec::new();
+    File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut buf))
+        .map_err(|e| EngineError::io(path, e))?;
+    from_bytes(&buf).map_err(|message| EngineError::ModelFile {
+        path: path.to_owned(),
+        message,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Model {
+        let users = IdMap::from_ids(vec!["u1".into(), "ü2".into()]).unwrap();
+        let items = IdMap::from_ids(vec!["a".into(), "b".into(), "c".into()]).unwrap();
+        let hyper = Hyper {
+            factors: 2,
+            ..Hyper::default()
+        };
+        let mut m = Model::zeros(hyper, users, items, 3.5);
+        m.user_factors[[1, 1]] = 0.25;
+        m.item_factors[[2, 0]] = -1.5;
+        m.item_bias[1] = 0.3;
+        m.item_counts[2] = 7;
+        m.item_sums[2] = 21.0;
+        m
+    }
+
+    #[test]
+    fn roundtrip_is_exact() {
+        let m = sample();
+        assert_eq!(from_bytes(&to_bytes(&m)).unwrap(), m);
+    }
+
+    #[test]
+    fn every_truncation_and_bitflip_is_detected() {
+        let bytes = to_bytes(&sample());
+        for cut in 0..bytes.len() {
+            assert!(from_bytes(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        for pos in 0..bytes.len() {
+            let mut b = bytes.clone();
+            b[pos] ^= 0x10;
+            assert!(from_bytes(&b).is_err(), "flip at {pos}");
+        }
+    }
+
+    #[test]
+    fn save_then_load_from_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.fkm");
+        save(&sample(), &path).unwrap();
+        assert_eq!(load(&path).unwrap(), sample());
+        assert!(!path.with_extension("tmp").exists());
+    }
+}
