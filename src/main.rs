@@ -1,1 +1,4 @@
-fn main() {}
+//! The `funkrec` binary: everything lives in the library.
+fn main() -> anyhow::Result<()> {
+    funkrec::cli::main()
+}

@@ -2,9 +2,12 @@
 
 pub mod data;
 pub mod error;
+pub mod eval;
+pub mod io;
 pub mod model;
 pub mod params;
 pub mod persist;
+pub mod svd;
 pub mod train;
 
 pub use data::{Dataset, IdMap, Rating};

@@ -122,6 +122,8 @@ pub struct Hyper {
     pub init_std: f32,
     /// Learn μ + b_u + b_i (Koren) or plain p_u·q_i (Funk).
     pub biased: bool,
+    /// `funk` only: sweeps over all factors (1 = classic Funk; more = backfitting).
+    pub funk_cycles: usize,
     pub seed: u64,
     /// Worker threads for training (1 = deterministic serial).
     pub threads: usize,
@@ -141,6 +143,7 @@ impl Default for Hyper {
             lr_decay: 0.97,
             init_std: 0.1,
             biased: true,
+            funk_cycles: 1,
             seed: 42,
             threads: 1,
             scale: Scale::default(),
@@ -177,6 +180,12 @@ impl Hyper {
         nonneg("reg_bias", self.reg_bias)?;
         pos("lr_decay", self.lr_decay)?;
         nonneg("init_std", self.init_std)?;
+        if self.funk_cycles == 0 || self.funk_cycles > 1000 {
+            return Err(format!(
+                "funk_cycles must be in 1..=1000, got {}",
+                self.funk_cycles
+            ));
+        }
         if self.threads == 0 || self.threads > 1024 {
             return Err(format!("threads must be in 1..=1024, got {}", self.threads));
         }

@@ -1,6 +1,7 @@
 //! Simon Funk's feature-at-a-time training: biases first, then factor 1 on the
-//! residual until its epochs are done, freeze it, then factor 2, and so on.
-//! Residuals are cached, so every epoch is O(ratings) whatever the factor count.
+//! residual until its epochs are done, freeze it, then factor 2, and so on (the
+//! biases keep learning alongside each factor). Residuals of the frozen factors
+//! are cached, so every epoch is O(ratings) whatever the factor count.
 
 use super::super::data::Rating;
 use super::super::model::{EpochStats, Model};
@@ -8,13 +9,19 @@ use super::Progress;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, Normal};
 use std::ops::ControlFlow;
 
-struct Cache {
-    /// r − (μ + b_u + b_i + Σ_{frozen f} p_uf q_if) per training rating.
-    train: Vec<f32>,
-    /// The same for validation ratings whose user and item are both known.
-    valid: Vec<(Rating, f32)>,
+/// A validation rating with its known sides and the frozen factors' contribution.
+struct Held {
+    user: Option<usize>,
+    item: Option<usize>,
+    value: f32,
+    frozen: f32,
+}
+
+fn sq(xs: &[f32]) -> f64 {
+    xs.iter().map(|&x| x as f64 * x as f64).sum()
 }
 
 pub(super) fn run(
@@ -29,96 +36,111 @@ pub(super) fn run(
     model.user_factors.fill(0.0);
     model.item_factors.fill(0.0);
     ratings.shuffle(&mut ChaCha8Rng::seed_from_u64(h.seed ^ 0xf00f));
-    let mut epoch_no = 0usize;
-
-    // Phase 0: the biases alone, by SGD.
-    if h.biased {
-        for e in 0..h.epochs {
-            let d = h.lr_decay.powi(e as i32);
-            for r in ratings.iter() {
-                let (u, i) = (r.user as usize, r.item as usize);
-                let err = r.value - (model.global_mean + model.user_bias[u] + model.item_bias[i]);
-                model.user_bias[u] += h.lr_bias * d * (err - h.reg_bias * model.user_bias[u]);
-                model.item_bias[i] += h.lr_bias * d * (err - h.reg_bias * model.item_bias[i]);
-            }
-            epoch_no += 1;
-            if report(model, epoch_no, Progress::Compute).is_break() {
-                return;
-            }
-        }
-    }
-
-    let base = |m: &Model, r: &Rating| {
-        let (u, i) = (r.user as usize, r.item as usize);
-        if h.biased {
-            m.global_mean + m.user_bias[u] + m.item_bias[i]
-        } else {
-            0.0
-        }
-    };
-    let mut cache = Cache {
-        train: ratings.iter().map(|r| r.value - base(model, r)).collect(),
-        valid: validation
-            .unwrap_or(&[])
-            .iter()
-            .filter(|r| (r.user as usize) < nu && (r.item as usize) < ni)
-            .map(|r| (*r, r.value - base(model, r)))
-            .collect(),
-    };
-    // Validation ratings with an unknown side never change: their error is fixed.
-    let (unknown_sse, unknown_n) = validation
+    let mu = model.global_mean;
+    // Σ over frozen factors of p_uf·q_if, per training rating.
+    let mut frozen = vec![0.0f32; ratings.len()];
+    let mut held: Vec<Held> = validation
         .unwrap_or(&[])
         .iter()
-        .filter(|r| (r.user as usize) >= nu || (r.item as usize) >= ni)
-        .fold((0.0f64, 0usize), |(s, n), r| {
-            let e = r.value as f64 - model.predict_for(r.user, r.item) as f64;
-            (s + e * e, n + 1)
-        });
-    let sq = |xs: &[f32]| xs.iter().map(|&x| x as f64 * x as f64).sum::<f64>();
-    let bias_pen = if h.biased {
-        h.reg_bias as f64
-            * (sq(model.user_bias.as_slice().unwrap()) + sq(model.item_bias.as_slice().unwrap()))
-    } else {
-        0.0
-    };
-    let mut frozen_pen = 0.0f64;
-    let init = if h.init_std > 0.0 { h.init_std } else { 0.1 };
+        .map(|r| Held {
+            user: ((r.user as usize) < nu).then_some(r.user as usize),
+            item: ((r.item as usize) < ni).then_some(r.item as usize),
+            value: r.value,
+            frozen: 0.0,
+        })
+        .collect();
+    let mut bu = vec![0.0f32; nu];
+    let mut bi = vec![0.0f32; ni];
     let mut pu = vec![0.0f32; nu];
     let mut qi = vec![0.0f32; ni];
+    let mut frozen_pen = 0.0f64;
+    let mut epoch_no = 0usize;
+    let mut rng = ChaCha8Rng::seed_from_u64(h.seed ^ 0xfeed);
+    let normal =
+        Normal::new(0.0f32, if h.init_std > 0.0 { h.init_std } else { 0.1 }).expect("finite");
 
-    for f in 0..k {
-        pu.fill(init);
-        qi.fill(init);
+    // Stage "None" fits the biases alone; stage Some(f) fits factor f (with the
+    // biases). With `funk_cycles` > 1 the factors are revisited in turn
+    // (backfitting): factor f is taken out of the cached sums, refitted, put back.
+    let mut stages: Vec<Option<usize>> = Vec::new();
+    if h.biased {
+        stages.push(None);
+    }
+    for _ in 0..h.funk_cycles.max(1) {
+        stages.extend((0..k).map(Some));
+    }
+    let mut fitted = vec![false; k];
+    for f in stages {
+        match f {
+            Some(f) if fitted[f] => {
+                pu.iter_mut()
+                    .zip(model.user_factors.column(f))
+                    .for_each(|(a, &b)| *a = b);
+                qi.iter_mut()
+                    .zip(model.item_factors.column(f))
+                    .for_each(|(a, &b)| *a = b);
+                frozen_pen -= h.reg as f64 * (sq(&pu) + sq(&qi));
+                for (r, fz) in ratings.iter().zip(frozen.iter_mut()) {
+                    *fz -= pu[r.user as usize] * qi[r.item as usize];
+                }
+                for v in held.iter_mut() {
+                    if let (Some(u), Some(i)) = (v.user, v.item) {
+                        v.frozen -= pu[u] * qi[i];
+                    }
+                }
+            }
+            Some(f) => {
+                // Random, not constant: with biases learned the residual's row sums
+                // are ~0, so a constant start sits on a near-zero gradient.
+                fitted[f] = true;
+                pu.iter_mut()
+                    .chain(qi.iter_mut())
+                    .for_each(|x| *x = normal.sample(&mut rng));
+            }
+            None => {
+                pu.fill(0.0);
+                qi.fill(0.0);
+            }
+        }
         for e in 0..h.epochs {
-            let lr = h.lr * h.lr_decay.powi(e as i32);
-            for (r, &res) in ratings.iter().zip(&cache.train) {
+            let d = h.lr_decay.powi(e as i32);
+            let (lr, lrb) = (h.lr * d, h.lr_bias * d);
+            let mut sse = 0.0f64;
+            for (r, &fz) in ratings.iter().zip(&frozen) {
                 let (u, i) = (r.user as usize, r.item as usize);
                 let (a, b) = (pu[u], qi[i]);
-                let err = res - a * b;
-                pu[u] = a + lr * (err * b - h.reg * a);
-                qi[i] = b + lr * (err * a - h.reg * b);
+                let err = r.value - (mu + bu[u] + bi[i] + fz + a * b);
+                sse += (err as f64) * (err as f64);
+                if h.biased {
+                    bu[u] += lrb * (err - h.reg_bias * bu[u]);
+                    bi[i] += lrb * (err - h.reg_bias * bi[i]);
+                }
+                if f.is_some() {
+                    pu[u] = a + lr * (err * b - h.reg * a);
+                    qi[i] = b + lr * (err * a - h.reg * b);
+                }
             }
             epoch_no += 1;
-            let sse: f64 = ratings
-                .iter()
-                .zip(&cache.train)
-                .map(|(r, &res)| {
-                    let err = (res - pu[r.user as usize] * qi[r.item as usize]) as f64;
-                    err * err
-                })
-                .sum();
+            // The in-pass error is the classic SGD running estimate; it is what Funk printed.
+            let bias_pen = h.reg_bias as f64 * (sq(&bu) + sq(&bi));
             let pen = h.reg as f64 * (sq(&pu) + sq(&qi));
             let validation_rmse = validation.map(|_| {
-                let s: f64 = cache
-                    .valid
+                let s: f64 = held
                     .iter()
-                    .map(|(r, res)| {
-                        let pred = r.value - res + pu[r.user as usize] * qi[r.item as usize];
-                        let err = (r.value - h.scale.clamp(pred)) as f64;
+                    .map(|v| {
+                        let mut pred =
+                            mu + v.user.map_or(0.0, |u| bu[u]) + v.item.map_or(0.0, |i| bi[i]);
+                        if let (Some(u), Some(i)) = (v.user, v.item) {
+                            pred += v.frozen + pu[u] * qi[i];
+                        }
+                        if !h.biased && (v.user.is_none() || v.item.is_none()) {
+                            pred = (h.scale.min + h.scale.max) / 2.0;
+                        }
+                        let err = (v.value - h.scale.clamp(pred)) as f64;
                         err * err
                     })
                     .sum();
-                ((s + unknown_sse) / (cache.valid.len() + unknown_n).max(1) as f64).sqrt()
+                (s / held.len().max(1) as f64).sqrt()
             });
             let stats = EpochStats {
                 epoch: epoch_no,
@@ -127,33 +149,49 @@ pub(super) fn run(
                 validation_rmse,
             };
             if report(model, epoch_no, Progress::Full(stats)).is_break() {
-                write_column(model, f, &pu, &qi);
+                write_back(model, f, &bu, &bi, &pu, &qi);
                 return;
             }
         }
-        // Freeze factor f: fold it into the residuals.
-        write_column(model, f, &pu, &qi);
-        frozen_pen += h.reg as f64 * (sq(&pu) + sq(&qi));
-        for (r, res) in ratings.iter().zip(cache.train.iter_mut()) {
-            *res -= pu[r.user as usize] * qi[r.item as usize];
-        }
-        for (r, res) in cache.valid.iter_mut() {
-            *res -= pu[r.user as usize] * qi[r.item as usize];
+        write_back(model, f, &bu, &bi, &pu, &qi);
+        if f.is_some() {
+            // Freeze the factor: fold it into the cached sums.
+            frozen_pen += h.reg as f64 * (sq(&pu) + sq(&qi));
+            for (r, fz) in ratings.iter().zip(frozen.iter_mut()) {
+                *fz += pu[r.user as usize] * qi[r.item as usize];
+            }
+            for v in held.iter_mut() {
+                if let (Some(u), Some(i)) = (v.user, v.item) {
+                    v.frozen += pu[u] * qi[i];
+                }
+            }
         }
     }
 }
 
-fn write_column(model: &mut Model, f: usize, pu: &[f32], qi: &[f32]) {
+fn write_back(model: &mut Model, f: Option<usize>, bu: &[f32], bi: &[f32], pu: &[f32], qi: &[f32]) {
     model
-        .user_factors
-        .column_mut(f)
+        .user_bias
         .iter_mut()
-        .zip(pu)
+        .zip(bu)
         .for_each(|(a, &b)| *a = b);
     model
-        .item_factors
-        .column_mut(f)
+        .item_bias
         .iter_mut()
-        .zip(qi)
+        .zip(bi)
         .for_each(|(a, &b)| *a = b);
+    if let Some(f) = f {
+        model
+            .user_factors
+            .column_mut(f)
+            .iter_mut()
+            .zip(pu)
+            .for_each(|(a, &b)| *a = b);
+        model
+            .item_factors
+            .column_mut(f)
+            .iter_mut()
+            .zip(qi)
+            .for_each(|(a, &b)| *a = b);
+    }
 }

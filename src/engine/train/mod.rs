@@ -14,7 +14,7 @@ use rand_distr::{Distribution, Normal};
 use std::ops::ControlFlow;
 use std::time::Instant;
 
-pub use gd::{gradient, objective_f64, Gradient};
+pub use gd::{gradient, objective_f64, Gradient, Objective};
 
 /// Called after every epoch; `Break` stops training early (the model so far is returned).
 pub type EpochCallback<'a> = dyn FnMut(&EpochStats) -> ControlFlow<()> + 'a;

@@ -1,0 +1,187 @@
+//! Evaluation: RMSE/MAE, seeded k-fold splits, and top-N precision/recall/NDCG.
+
+use super::data::{Dataset, Rating};
+use super::error::EngineError;
+use super::model::{EpochStats, Model};
+use super::params::Hyper;
+use super::train::{train, EpochCallback};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+use std::collections::{HashMap, HashSet};
+use std::ops::ControlFlow;
+use std::time::Instant;
+
+/// Root mean squared error of clamped predictions.
+pub fn rmse(model: &Model, ratings: &[Rating]) -> f64 {
+    super::train::rmse_of(model, ratings)
+}
+
+/// Mean absolute error of clamped predictions.
+pub fn mae(model: &Model, ratings: &[Rating]) -> f64 {
+    if ratings.is_empty() {
+        return 0.0;
+    }
+    ratings
+        .iter()
+        .map(|r| (r.value as f64 - model.predict_for(r.user, r.item) as f64).abs())
+        .sum::<f64>()
+        / ratings.len() as f64
+}
+
+/// `k` disjoint test folds over `0..n` after a seeded shuffle; each entry is (train, test) indices.
+pub fn kfold(n: usize, k: usize, seed: u64) -> Vec<(Vec<usize>, Vec<usize>)> {
+    let k = k.clamp(2, n.max(2));
+    let mut idx: Vec<usize> = (0..n).collect();
+    idx.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
+    (0..k)
+        .map(|f| {
+            let (lo, hi) = (f * n / k, (f + 1) * n / k);
+            let test = idx[lo..hi].to_vec();
+            let train = idx[..lo].iter().chain(&idx[hi..]).copied().collect();
+            (train, test)
+        })
+        .collect()
+}
+
+/// Top-N quality averaged over users with at least one relevant held-out item.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct TopNMetrics {
+    pub precision: f64,
+    pub recall: f64,
+    pub ndcg: f64,
+    pub users: usize,
+}
+
+/// precision@n, recall@n and NDCG@n (binary relevance: held-out rating ≥ `threshold`).
+/// Candidates are all items the user did not rate in training.
+pub fn top_n_metrics(
+    model: &Model,
+    train: &[Rating],
+    test: &[Rating],
+    n: usize,
+    threshold: f32,
+) -> TopNMetrics {
+    let mut relevant: HashMap<u32, HashSet<u32>> = HashMap::new();
+    for r in test {
+        if r.value >= threshold && (r.user as usize) < model.n_users() {
+            relevant.entry(r.user).or_default().insert(r.item);
+        }
+    }
+    let mut seen: HashMap<u32, HashSet<u32>> = HashMap::new();
+    for r in train {
+        if relevant.contains_key(&r.user) {
+            seen.entry(r.user).or_default().insert(r.item);
+        }
+    }
+    let empty = HashSet::new();
+    let mut m = TopNMetrics::default();
+    let mut users: Vec<_> = relevant.keys().copied().collect();
+    users.sort_unstable();
+    for u in users {
+        let rel = &relevant[&u];
+        let rated = seen.get(&u).unwrap_or(&empty);
+        let recs = model.top_n(u, n, |i| rated.contains(&i));
+        let mut dcg = 0.0;
+        let mut hits = 0usize;
+        for (rank, (i, _)) in recs.iter().enumerate() {
+            if rel.contains(i) {
+                hits += 1;
+                dcg += 1.0 / ((rank + 2) as f64).log2();
+            }
+        }
+        let idcg: f64 = (0..rel.len().min(n))
+            .map(|r| 1.0 / ((r + 2) as f64).log2())
+            .sum();
+        m.precision += hits as f64 / n as f64;
+        m.recall += hits as f64 / rel.len() as f64;
+        m.ndcg += dcg / idcg;
+        m.users += 1;
+    }
+    if m.users > 0 {
+        let c = m.users as f64;
+        m.precision /= c;
+        m.recall /= c;
+        m.ndcg /= c;
+    }
+    m
+}
+
+/// Everything measured on one train/test split.
+#[derive(Debug, Clone, Serialize)]
+pub struct FoldResult {
+    pub rmse: f64,
+    pub mae: f64,
+    pub fit_seconds: f64,
+    pub precision_at_10: f64,
+    pub recall_at_10: f64,
+    pub ndcg_at_10: f64,
+    pub epochs: Vec<EpochStats>,
+}
+
+/// Trains on `train`, evaluates on `test` (indices from `train`'s id maps).
+pub fn evaluate_split(
+    train_set: &Dataset,
+    test: &[Rating],
+    hyper: &Hyper,
+    track_test: bool,
+    on_epoch: &mut EpochCallback<'_>,
+) -> Result<FoldResult, EngineError> {
+    let start = Instant::now();
+    let model = train(train_set, hyper, track_test.then_some(test), on_epoch)?;
+    let fit_seconds = start.elapsed().as_secs_f64();
+    let top = top_n_metrics(&model, &train_set.ratings, test, 10, 4.0);
+    Ok(FoldResult {
+        rmse: rmse(&model, test),
+        mae: mae(&model, test),
+        fit_seconds,
+        precision_at_10: top.precision,
+        recall_at_10: top.recall,
+        ndcg_at_10: top.ndcg,
+        epochs: model.report.epochs.clone(),
+    })
+}
+
+/// Mean and (population) standard deviation.
+pub fn mean_std(xs: impl IntoIterator<Item = f64>) -> (f64, f64) {
+    let v: Vec<f64> = xs.into_iter().collect();
+    if v.is_empty() {
+        return (0.0, 0.0);
+    }
+    let m = v.iter().sum::<f64>() / v.len() as f64;
+    let var = v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / v.len() as f64;
+    (m, var.sqrt())
+}
+
+/// A callback that ignores every epoch.
+pub fn quiet(_: &EpochStats) -> ControlFlow<()> {
+    ControlFlow::Continue(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kfold_partitions_every_index_once() {
+        let folds = kfold(103, 5, 7);
+        assert_eq!(folds.len(), 5);
+        let mut all: Vec<usize> = folds.iter().flat_map(|(_, t)| t.clone()).collect();
+        all.sort_unstable();
+        assert_eq!(all, (0..103).collect::<Vec<_>>());
+        for (tr, te) in &folds {
+            assert_eq!(tr.len() + te.len(), 103);
+            let s: HashSet<_> = tr.iter().collect();
+            assert!(te.iter().all(|i| !s.contains(i)));
+        }
+        assert_eq!(kfold(103, 5, 7)[2].1, folds[2].1, "seeded");
+        assert_ne!(kfold(103, 5, 8)[2].1, folds[2].1);
+    }
+
+    #[test]
+    fn mean_std_known_values() {
+        let (m, s) = mean_std([1.0, 2.0, 3.0, 4.0]);
+        assert!((m - 2.5).abs() < 1e-12 && (s - 1.25f64.sqrt()).abs() < 1e-12);
+    }
+}

@@ -1,0 +1,446 @@
+//! The lecture's claims about the engine, checked on synthetic problems made here.
+
+use funkrec::engine::train::{gradient, objective_f64, train, Gradient, Objective};
+use funkrec::engine::{eval, svd, Dataset, EpochStats, Hyper, Model, Rating, Scale, TrainerKind};
+use ndarray::Array2;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, Normal};
+use std::ops::ControlFlow;
+
+fn quiet(_: &EpochStats) -> ControlFlow<()> {
+    ControlFlow::Continue(())
+}
+
+fn wide() -> Scale {
+    Scale {
+        min: -1e3,
+        max: 1e3,
+    }
+}
+
+fn normal_matrix(rng: &mut ChaCha8Rng, rows: usize, cols: usize, std: f64) -> Array2<f64> {
+    let n = Normal::new(0.0, std).unwrap();
+    Array2::from_shape_fn((rows, cols), |_| n.sample(rng))
+}
+
+/// Ids "u0".."u{n}" and "i0".."i{m}" interned in order, so index = row.
+fn dataset_from(entries: impl IntoIterator<Item = (usize, usize, f64)>) -> Dataset {
+    let mut ds = Dataset::new();
+    for (u, i, r) in entries {
+        ds.push(&format!("u{u}"), &format!("i{i}"), r as f32);
+    }
+    ds
+}
+
+// ---------------------------------------------------------------- gradient check
+
+fn param_count(t: &Gradient) -> usize {
+    t.user_bias.len() + t.item_bias.len() + t.user_factors.len() + t.item_factors.len()
+}
+
+fn param_mut(t: &mut Gradient, mut j: usize) -> &mut f64 {
+    let nb = t.user_bias.len();
+    if j < nb {
+        return &mut t.user_bias[j];
+    }
+    j -= nb;
+    let nb = t.item_bias.len();
+    if j < nb {
+        return &mut t.item_bias[j];
+    }
+    j -= nb;
+    let n = t.user_factors.len();
+    if j < n {
+        return t.user_factors.iter_mut().nth(j).unwrap();
+    }
+    j -= n;
+    t.item_factors.iter_mut().nth(j).unwrap()
+}
+
+#[test]
+fn analytic_gradient_matches_symmetric_difference_quotient_in_f64() {
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let (nu, ni, k) = (7, 6, 3);
+    let mut ratings = Vec::new();
+    for u in 0..nu {
+        for i in 0..ni {
+            if rng.gen_bool(0.5) {
+                ratings.push(Rating {
+                    user: u,
+                    item: i,
+                    value: rng.gen_range(1..=5) as f32,
+                });
+            }
+        }
+    }
+    for biased in [true, false] {
+        let theta = Gradient {
+            user_bias: normal_matrix(&mut rng, 1, nu as usize, 0.5)
+                .row(0)
+                .to_owned(),
+            item_bias: normal_matrix(&mut rng, 1, ni as usize, 0.5)
+                .row(0)
+                .to_owned(),
+            user_factors: normal_matrix(&mut rng, nu as usize, k, 0.7),
+            item_factors: normal_matrix(&mut rng, ni as usize, k, 0.7),
+        };
+        let obj = Objective {
+            mu: 3.2,
+            reg: 0.13,
+            reg_bias: 0.07,
+            biased,
+        };
+        let g = gradient(&theta, &obj, &ratings);
+        let h = 1e-5;
+        let mut worst = 0.0f64;
+        for j in 0..param_count(&theta) {
+            let mut plus = theta.clone();
+            *param_mut(&mut plus, j) += h;
+            let mut minus = theta.clone();
+            *param_mut(&mut minus, j) -= h;
+            let numeric = (objective_f64(&plus, &obj, &ratings)
+                - objective_f64(&minus, &obj, &ratings))
+                / (2.0 * h);
+            let analytic = *param_mut(&mut g.clone(), j);
+            let rel = (analytic - numeric).abs() / analytic.abs().max(numeric.abs()).max(1e-8);
+            // Unbiased: bias gradients are exactly zero both ways.
+            worst = worst.max(rel);
+            assert!(
+                rel < 1e-6,
+                "param {j} (biased={biased}): analytic {analytic} numeric {numeric}"
+            );
+        }
+        assert!(worst < 1e-6);
+    }
+}
+
+// ---------------------------------------------------------------- Eckart–Young
+
+#[test]
+fn gd_on_a_fully_observed_matrix_reaches_the_truncated_svd() {
+    let mut rng = ChaCha8Rng::seed_from_u64(2);
+    let (m, n, rank) = (60, 40, 5);
+    let a = normal_matrix(&mut rng, m, rank, 1.0).dot(&normal_matrix(&mut rng, rank, n, 1.0))
+        + normal_matrix(&mut rng, m, n, 0.1);
+    let ds = dataset_from(
+        (0..m)
+            .flat_map(|u| (0..n).map(move |i| (u, i)))
+            .map(|(u, i)| (u, i, a[[u, i]])),
+    );
+
+    // Oracle: exact SVD from nalgebra.
+    let oracle = nalgebra::DMatrix::from_fn(m, n, |i, j| a[[i, j]]).svd(false, false);
+    let mut sv: Vec<f64> = oracle.singular_values.iter().copied().collect();
+    sv.sort_by(|x, y| y.total_cmp(x));
+    let best = sv[rank..].iter().map(|s| s * s).sum::<f64>().sqrt();
+
+    let hyper = Hyper {
+        trainer: TrainerKind::Gd,
+        factors: rank,
+        epochs: 3000,
+        lr: 0.01,
+        reg: 0.0,
+        reg_bias: 0.0,
+        init_std: 0.1,
+        biased: false,
+        scale: wide(),
+        ..Hyper::default()
+    };
+    let model = train(&ds, &hyper, None, &mut quiet).unwrap();
+    let p = model.user_factors.mapv(f64::from);
+    let q = model.item_factors.mapv(f64::from);
+    let err = (&a - &p.dot(&q.t())).mapv(|x| x * x).sum().sqrt();
+    assert!(
+        err <= best * 1.01,
+        "gd error {err} vs best rank-{rank} error {best}"
+    );
+    assert!(
+        err >= best * (1.0 - 1e-6),
+        "cannot beat Eckart–Young: {err} < {best}"
+    );
+
+    // U, Σ, V recovered from Û, V̂.
+    let s = svd::from_factors(&model.user_factors, &model.item_factors);
+    for j in 0..rank {
+        let rel = (s.sigma[j] - sv[j]).abs() / sv[j];
+        assert!(
+            rel < 0.01,
+            "sigma[{j}] = {} vs oracle {}",
+            s.sigma[j],
+            sv[j]
+        );
+    }
+    let eye = Array2::<f64>::eye(rank);
+    assert!(
+        (&s.u.t().dot(&s.u) - &eye).mapv(f64::abs).sum() < 1e-8,
+        "U orthonormal"
+    );
+    assert!(
+        (&s.v.t().dot(&s.v) - &eye).mapv(f64::abs).sum() < 1e-8,
+        "V orthonormal"
+    );
+    let recon = (&s.reconstruct() - &p.dot(&q.t())).mapv(f64::abs).sum();
+    assert!(recon < 1e-6 * (m * n) as f64, "UΣVᵀ = ÛV̂ᵀ, off by {recon}");
+}
+
+// ---------------------------------------------------------------- planted model
+
+struct Planted {
+    train: Dataset,
+    test: Vec<Rating>,
+    sigma: f64,
+}
+
+/// μ + b_u + b_i + p_u·q_i + N(0, σ²) on a sparse sample; 10% held out.
+fn planted(seed: u64) -> Planted {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let (nu, ni, rank, sigma) = (300, 200, 3, 0.25);
+    let p = normal_matrix(&mut rng, nu, rank, 0.7);
+    let q = normal_matrix(&mut rng, ni, rank, 0.7);
+    let bu = normal_matrix(&mut rng, nu, 1, 0.3);
+    let bi = normal_matrix(&mut rng, ni, 1, 0.3);
+    let noise = Normal::new(0.0, sigma).unwrap();
+    let mut all = Vec::new();
+    for u in 0..nu {
+        for i in 0..ni {
+            if rng.gen_bool(0.3) {
+                let r = 3.0
+                    + bu[[u, 0]]
+                    + bi[[i, 0]]
+                    + p.row(u).dot(&q.row(i))
+                    + noise.sample(&mut rng);
+                all.push((u, i, r, rng.gen_bool(0.1)));
+            }
+        }
+    }
+    let train = dataset_from(all.iter().filter(|e| !e.3).map(|e| (e.0, e.1, e.2)));
+    let test = all
+        .iter()
+        .filter(|e| e.3)
+        .map(|&(u, i, r, _)| Rating {
+            user: train.users.get(&format!("u{u}")).unwrap_or(u32::MAX),
+            item: train.items.get(&format!("i{i}")).unwrap_or(u32::MAX),
+            value: r as f32,
+        })
+        .collect();
+    Planted { train, test, sigma }
+}
+
+fn planted_hyper(trainer: TrainerKind) -> Hyper {
+    let base = Hyper {
+        factors: 3,
+        scale: wide(),
+        seed: 7,
+        ..Hyper::default()
+    };
+    match trainer {
+        TrainerKind::Sgd => Hyper {
+            epochs: 120,
+            lr: 0.01,
+            lr_bias: 0.01,
+            reg: 0.02,
+            reg_bias: 0.01,
+            lr_decay: 0.99,
+            init_std: 0.1,
+            ..base
+        },
+        TrainerKind::Gd => Hyper {
+            trainer,
+            epochs: 600,
+            lr: 1e-3,
+            reg: 0.5,
+            reg_bias: 0.5,
+            init_std: 0.1,
+            ..base
+        },
+        TrainerKind::Funk => Hyper {
+            trainer,
+            epochs: 50,
+            funk_cycles: 4,
+            lr: 0.01,
+            lr_bias: 0.01,
+            reg: 0.02,
+            reg_bias: 0.01,
+            lr_decay: 0.99,
+            init_std: 0.1,
+            ..base
+        },
+    }
+}
+
+#[test]
+fn every_trainer_recovers_a_planted_model_to_the_noise_level() {
+    let data = planted(3);
+    for trainer in [TrainerKind::Sgd, TrainerKind::Gd, TrainerKind::Funk] {
+        let model = train(&data.train, &planted_hyper(trainer), None, &mut quiet).unwrap();
+        let rmse = eval::rmse(&model, &data.test);
+        assert!(
+            rmse <= data.sigma * 1.15,
+            "{trainer}: held-out RMSE {rmse:.4} vs noise σ {}",
+            data.sigma
+        );
+    }
+}
+
+fn baseline_loss(ds: &Dataset) -> f64 {
+    let mu = ds.mean();
+    0.5 * ds
+        .ratings
+        .iter()
+        .map(|r| (r.value as f64 - mu).powi(2))
+        .sum::<f64>()
+}
+
+#[test]
+fn gd_loss_never_increases() {
+    let data = planted(4);
+    let hyper = Hyper {
+        epochs: 200,
+        ..planted_hyper(TrainerKind::Gd)
+    };
+    let model = train(&data.train, &hyper, None, &mut quiet).unwrap();
+    let losses: Vec<f64> = model.report.epochs.iter().map(|e| e.loss).collect();
+    assert!(losses.len() > 100, "ran {} epochs", losses.len());
+    for w in losses.windows(2) {
+        assert!(w[1] <= w[0], "loss rose from {} to {}", w[0], w[1]);
+    }
+    assert!(*losses.last().unwrap() < 0.2 * baseline_loss(&data.train));
+}
+
+#[test]
+fn sgd_and_funk_end_well_below_where_they_start() {
+    let data = planted(5);
+    for trainer in [TrainerKind::Sgd, TrainerKind::Funk] {
+        let model = train(&data.train, &planted_hyper(trainer), None, &mut quiet).unwrap();
+        let first = model.report.epochs.first().unwrap().loss;
+        let last = model.report.epochs.last().unwrap().loss;
+        let start = baseline_loss(&data.train);
+        assert!(last < 0.2 * start, "{trainer}: {last} vs baseline {start}");
+        assert!(
+            last < 0.5 * first,
+            "{trainer}: {last} vs first epoch {first}"
+        );
+    }
+}
+
+#[test]
+fn training_is_deterministic_for_a_seed_with_one_thread() {
+    let data = planted(6);
+    for trainer in [TrainerKind::Sgd, TrainerKind::Gd, TrainerKind::Funk] {
+        let h = Hyper {
+            epochs: 5,
+            threads: 1,
+            ..planted_hyper(trainer)
+        };
+        let a = train(&data.train, &h, None, &mut quiet).unwrap();
+        let b = train(&data.train, &h, None, &mut quiet).unwrap();
+        assert_eq!(a.user_factors, b.user_factors, "{trainer}");
+        assert_eq!(a.item_bias, b.item_bias, "{trainer}");
+        let c = train(&data.train, &Hyper { seed: 99, ..h }, None, &mut quiet).unwrap();
+        assert_ne!(
+            a.user_factors, c.user_factors,
+            "{trainer}: seed has no effect"
+        );
+    }
+}
+
+#[test]
+fn validation_rmse_is_reported_per_epoch() {
+    let data = planted(7);
+    for trainer in [TrainerKind::Sgd, TrainerKind::Gd, TrainerKind::Funk] {
+        let h = Hyper {
+            epochs: 4,
+            ..planted_hyper(trainer)
+        };
+        let mut seen = Vec::new();
+        let model = train(&data.train, &h, Some(&data.test), &mut |s: &EpochStats| {
+            seen.push(*s);
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+        assert_eq!(seen, model.report.epochs);
+        let last = seen.last().unwrap();
+        let direct = eval::rmse(&model, &data.test);
+        assert!(
+            (last.validation_rmse.unwrap() - direct).abs() < 1e-3,
+            "{trainer}: {last:?} vs {direct}"
+        );
+    }
+}
+
+#[test]
+fn callback_break_stops_training() {
+    let data = planted(8);
+    let h = Hyper {
+        epochs: 50,
+        ..planted_hyper(TrainerKind::Sgd)
+    };
+    let model = train(&data.train, &h, None, &mut |s: &EpochStats| {
+        if s.epoch == 3 {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    })
+    .unwrap();
+    assert_eq!(model.report.epochs.len(), 3);
+}
+
+// ---------------------------------------------------------------- model behaviour
+
+#[test]
+fn unknown_ids_drop_their_terms_and_predictions_are_clamped() {
+    let data = planted(9);
+    let h = Hyper {
+        scale: Scale { min: 1.0, max: 5.0 },
+        epochs: 10,
+        ..planted_hyper(TrainerKind::Sgd)
+    };
+    let m: Model = train(&data.train, &h, None, &mut quiet).unwrap();
+    let both = m.predict("u1", "i1");
+    assert!(both.known_user && both.known_item);
+    let nu = m.predict("nobody", "i1");
+    assert!(!nu.known_user && nu.known_item);
+    assert!(
+        (nu.rating
+            - (m.global_mean + m.item_bias[m.items.get("i1").unwrap() as usize]).clamp(1.0, 5.0))
+        .abs()
+            < 1e-6
+    );
+    let none = m.predict("nobody", "nothing");
+    assert!((none.rating - m.global_mean.clamp(1.0, 5.0)).abs() < 1e-6);
+    for u in 0..50 {
+        for i in 0..50 {
+            let r = m.predict(&format!("u{u}"), &format!("i{i}")).rating;
+            assert!((1.0..=5.0).contains(&r));
+        }
+    }
+}
+
+#[test]
+fn top_n_matches_a_full_sort_and_skips_excluded_items() {
+    let data = planted(10);
+    let m = train(
+        &data.train,
+        &Hyper {
+            epochs: 10,
+            ..planted_hyper(TrainerKind::Sgd)
+        },
+        None,
+        &mut quiet,
+    )
+    .unwrap();
+    for u in [0u32, 5, 17] {
+        let excluded = |i: u32| i % 3 == 0;
+        let top = m.top_n(u, 10, excluded);
+        let mut all: Vec<(u32, f32)> = (0..m.n_items() as u32)
+            .filter(|&i| !excluded(i))
+            .map(|i| (i, m.raw_predict(Some(u), Some(i))))
+            .collect();
+        all.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let expect: Vec<u32> = all.iter().take(10).map(|x| x.0).collect();
+        assert_eq!(top.iter().map(|x| x.0).collect::<Vec<_>>(), expect);
+        assert!(top.iter().all(|(i, _)| !excluded(*i)));
+    }
+}
