@@ -1,3 +1,13 @@
 //! funkrec: Funk-SVD matrix factorisation learned by gradient descent, served over HTTP.
 pub mod cli;
+pub mod config;
+pub mod domain;
 pub mod engine;
+pub mod error;
+pub mod http;
+pub mod service;
+pub mod snapshot;
+pub mod startup;
+pub mod store;
+pub mod telemetry;
+pub mod worker;

@@ -1,0 +1,220 @@
+//! Layered configuration: built-in `config/default.toml`, an optional file, then `FUNKREC__*` env vars.
+
+use crate::engine::Hyper;
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// The built-in defaults (the documented `config/default.toml`).
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// Everything the service can be configured with.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub storage: StorageSettings,
+    pub training: TrainingSettings,
+    /// Engine hyperparameters (the worker's thread budget is `model.threads`).
+    pub model: Hyper,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    pub bind: String,
+    pub body_limit_bytes: usize,
+    pub request_timeout_secs: u64,
+    pub max_batch: usize,
+    pub default_page_size: u32,
+    pub max_page_size: u32,
+    pub default_n: usize,
+    pub max_n: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StorageSettings {
+    pub data_dir: PathBuf,
+    pub database_url: String,
+    pub max_connections: u32,
+    pub keep_snapshots: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TrainingSettings {
+    pub retrain_after_ratings: u64,
+    pub retrain_interval_secs: u64,
+    pub train_on_start: bool,
+    pub holdout_fraction: f64,
+    pub holdout_max: usize,
+    pub holdout_seed: u64,
+    pub min_ratings: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    pub level: String,
+    pub json: bool,
+}
+
+impl Default for Settings {
+    /// The built-in defaults alone (no file, no environment).
+    fn default() -> Self {
+        Settings::load_from(None, Some(Default::default())).expect("built-in defaults are valid")
+    }
+}
+
+impl Settings {
+    /// Defaults, then `file` (if any), then the process environment.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
+        Self::load_from(file, None)
+    }
+
+    /// Like [`Settings::load`], with the environment given as a map (`None` = the
+    /// process environment), so layering can be tested without touching env vars.
+    pub fn load_from(
+        file: Option<&Path>,
+        env: Option<config::Map<String, String>>,
+    ) -> anyhow::Result<Self> {
+        let mut b = config::Config::builder().add_source(config::File::from_str(
+            DEFAULT_TOML,
+            config::FileFormat::Toml,
+        ));
+        if let Some(path) = file {
+            if !path.is_file() {
+                bail!("config file {} does not exist", path.display());
+            }
+            b = b.add_source(config::File::from(path).format(config::FileFormat::Toml));
+        }
+        b = b.add_source(
+            config::Environment::with_prefix("FUNKREC")
+                .prefix_separator("__")
+                .separator("__")
+                .source(env),
+        );
+        let settings: Settings = b
+            .build()
+            .context("reading configuration")?
+            .try_deserialize()
+            .context("invalid configuration")?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks values serde cannot (ranges, consistency).
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.model
+            .validate()
+            .map_err(|e| anyhow::anyhow!("model: {e}"))?;
+        let s = &self.server;
+        if s.max_batch == 0 || s.body_limit_bytes == 0 || s.request_timeout_secs == 0 {
+            bail!("server: max_batch, body_limit_bytes and request_timeout_secs must be > 0");
+        }
+        if s.default_page_size == 0 || s.default_page_size > s.max_page_size {
+            bail!("server: need 0 < default_page_size <= max_page_size");
+        }
+        if s.default_n == 0 || s.default_n > s.max_n {
+            bail!("server: need 0 < default_n <= max_n");
+        }
+        let t = &self.training;
+        if !(0.0..0.5).contains(&t.holdout_fraction) {
+            bail!("training: holdout_fraction must be in [0, 0.5)");
+        }
+        if self.storage.max_connections == 0 || self.storage.keep_snapshots == 0 {
+            bail!("storage: max_connections and keep_snapshots must be > 0");
+        }
+        Ok(())
+    }
+
+    /// The database URL: the configured one, or `sqlite://DATA_DIR/funkrec.db`.
+    pub fn database_url(&self) -> String {
+        if self.storage.database_url.trim().is_empty() {
+            format!(
+                "sqlite://{}",
+                self.storage.data_dir.join("funkrec.db").display()
+            )
+        } else {
+            self.storage.database_url.clone()
+        }
+    }
+
+    /// Where snapshot files live.
+    pub fn models_dir(&self) -> PathBuf {
+        self.storage.data_dir.join("models")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Option<config::Map<String, String>> {
+        Some(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn defaults_match_engine_and_docs() {
+        let s = Settings::default();
+        assert_eq!(s.server.bind, "127.0.0.1:8080");
+        assert_eq!(s.server.max_batch, 10_000);
+        assert_eq!(s.storage.data_dir, PathBuf::from("./data"));
+        assert_eq!(s.model, Hyper::default());
+        assert!(s.database_url().starts_with("sqlite://"));
+        assert!(s.database_url().ends_with("funkrec.db"));
+    }
+
+    #[test]
+    fn file_then_env_override() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(
+            &f,
+            "[server]\nbind = \"0.0.0.0:9000\"\nmax_batch = 5\n[model]\nfactors = 7\n",
+        )
+        .unwrap();
+        let s = Settings::load_from(
+            Some(&f),
+            env(&[
+                ("FUNKREC__SERVER__MAX_BATCH", "9"),
+                ("FUNKREC__MODEL__TRAINER", "funk"),
+                ("FUNKREC__MODEL__SCALE__MIN", "0.5"),
+                ("FUNKREC__LOG__JSON", "true"),
+                ("OTHER__SERVER__BIND", "ignored"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.server.bind, "0.0.0.0:9000");
+        assert_eq!(s.server.max_batch, 9);
+        assert_eq!(s.model.factors, 7);
+        assert_eq!(s.model.trainer, crate::engine::TrainerKind::Funk);
+        assert_eq!(s.model.scale.min, 0.5);
+        assert!(s.log.json);
+        // untouched keys keep their defaults
+        assert_eq!(s.model.epochs, Hyper::default().epochs);
+    }
+
+    #[test]
+    fn production_file_parses() {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/production.toml");
+        let s = Settings::load_from(Some(&p), env(&[])).unwrap();
+        assert_eq!(s.server.bind, "0.0.0.0:8080");
+        assert!(s.log.json);
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        assert!(Settings::load_from(None, env(&[("FUNKREC__MODEL__FACTORS", "0")])).is_err());
+        assert!(Settings::load_from(None, env(&[("FUNKREC__SERVER__MAX_BATCH", "x")])).is_err());
+        assert!(Settings::load_from(None, env(&[("FUNKREC__SERVER__NOPE", "1")])).is_err());
+        assert!(Settings::load_from(Some(Path::new("/nonexistent.toml")), env(&[])).is_err());
+    }
+}

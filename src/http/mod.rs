@@ -1,0 +1,148 @@
+//! The HTTP API: routes, shared state and the middleware stack (limits, request ids, tracing).
+
+mod extract;
+mod health;
+mod model;
+mod ratings;
+mod recs;
+
+use crate::config::Settings;
+use crate::error::ApiError;
+use crate::snapshot::Serving;
+use crate::store::Store;
+use crate::worker::Worker;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{header, Request, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::Router;
+use std::sync::Arc;
+use std::time::Duration;
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
+
+/// What every handler can reach. The model is read lock-free through `serving`.
+#[derive(Clone)]
+pub struct AppState {
+    pub settings: Arc<Settings>,
+    pub store: Store,
+    pub serving: Arc<Serving>,
+    pub worker: Worker,
+}
+
+impl AppState {
+    /// `n` from the query: default when absent, `invalid_query` outside 1..=max_n.
+    fn n(&self, n: Option<usize>) -> Result<usize, ApiError> {
+        let s = &self.settings.server;
+        match n {
+            None => Ok(s.default_n),
+            Some(n) if (1..=s.max_n).contains(&n) => Ok(n),
+            Some(n) => Err(ApiError::InvalidQuery(format!(
+                "n must be between 1 and {}, got {n}",
+                s.max_n
+            ))),
+        }
+    }
+}
+
+/// The full application router with its middleware.
+pub fn router(state: AppState) -> Router {
+    let limit = state.settings.server.body_limit_bytes;
+    let timeout = Duration::from_secs(state.settings.server.request_timeout_secs);
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/v1/ratings", post(ratings::post_ratings))
+        .route("/v1/users/{user}/ratings", get(ratings::list_ratings))
+        .route(
+            "/v1/users/{user}/ratings/{item}",
+            delete(ratings::delete_rating),
+        )
+        .route("/v1/users/{user}/predictions/{item}", get(recs::prediction))
+        .route(
+            "/v1/users/{user}/recommendations",
+            get(recs::recommendations),
+        )
+        .route("/v1/items/{item}/similar", get(recs::similar))
+        .route("/v1/model", get(model::get_model))
+        .route("/v1/model/train", post(model::train))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+        // Innermost first: each `layer` call wraps everything above it.
+        .layer(
+            ServiceBuilder::new()
+                .layer(CatchPanicLayer::custom(
+                    |_: Box<dyn std::any::Any + Send>| {
+                        ApiError::Internal("handler panicked".into()).into_response()
+                    },
+                ))
+                .layer(RequestBodyLimitLayer::new(limit))
+                .layer(TimeoutLayer::with_status_code(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    timeout,
+                )),
+        )
+        .layer(axum::middleware::map_response(json_errors))
+        .layer(
+            ServiceBuilder::new()
+                .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+                .layer(
+                    TraceLayer::new_for_http()
+                        .make_span_with(|req: &Request<axum::body::Body>| {
+                            let id = req
+                                .headers()
+                                .get("x-request-id")
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("-");
+                            tracing::info_span!(
+                                "request",
+                                method = %req.method(),
+                                uri = %req.uri(),
+                                request_id = %id
+                            )
+                        })
+                        .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)),
+                )
+                .layer(PropagateRequestIdLayer::x_request_id()),
+        )
+}
+
+async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::RouteNotFound(uri.path().to_owned())
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
+/// Rewrites any non-JSON error a layer produced (timeout, body limit, ...) into
+/// the standard `{"error": {...}}` body.
+async fn json_errors(res: Response) -> Response {
+    let status = res.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return res;
+    }
+    let is_json = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if is_json {
+        return res;
+    }
+    let (parts, _) = res.into_parts();
+    let mut fixed = ApiError::from_status(status).into_response();
+    *fixed.status_mut() = status;
+    for (k, v) in parts.headers.iter() {
+        if k != header::CONTENT_TYPE && k != header::CONTENT_LENGTH {
+            fixed.headers_mut().insert(k.clone(), v.clone());
+        }
+    }
+    fixed
+}

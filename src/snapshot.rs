@@ -1,0 +1,180 @@
+//! Model snapshots: the immutable served model, its atomic publication, and its files on disk.
+
+use crate::engine::{self, Model};
+use crate::store::{ModelRow, Store};
+use arc_swap::ArcSwapOption;
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// A trained model plus what the API reports about it. Never mutated once published.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub version: u64,
+    /// RFC 3339, UTC.
+    pub trained_at: String,
+    pub model: Model,
+    /// RMSE on the held-out sample (None when nothing was held out).
+    pub holdout_rmse: Option<f64>,
+    pub n_holdout: usize,
+    /// Ratings in the store when the run loaded them (training + holdout).
+    pub n_ratings_total: u64,
+}
+
+impl Snapshot {
+    pub fn train_rmse(&self) -> Option<f64> {
+        self.model.report.last().map(|e| e.train_rmse)
+    }
+
+    /// The `model` table row describing this snapshot.
+    pub fn row(&self) -> ModelRow {
+        ModelRow {
+            version: self.version as i64,
+            file: file_name(self.version),
+            trained_at: self.trained_at.clone(),
+            trainer: self.model.hyper.trainer.to_string(),
+            n_users: self.model.n_users() as i64,
+            n_items: self.model.n_items() as i64,
+            n_ratings: self.n_ratings_total as i64,
+            n_holdout: self.n_holdout as i64,
+            train_rmse: self.train_rmse(),
+            holdout_rmse: self.holdout_rmse,
+            train_secs: self.model.report.train_seconds,
+        }
+    }
+}
+
+/// The snapshot being served: readers load it without locking, the worker swaps it.
+#[derive(Debug, Default)]
+pub struct Serving {
+    current: ArcSwapOption<Snapshot>,
+}
+
+impl Serving {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The current snapshot (None before the first model exists).
+    pub fn get(&self) -> Option<Arc<Snapshot>> {
+        self.current.load_full()
+    }
+
+    pub fn publish(&self, snapshot: Arc<Snapshot>) {
+        self.current.store(Some(snapshot));
+    }
+}
+
+/// `model-0000000042.fkm`
+pub fn file_name(version: u64) -> String {
+    format!("model-{version:010}.fkm")
+}
+
+/// The version in a snapshot file name, if it is one.
+pub fn parse_version(name: &str) -> Option<u64> {
+    name.strip_prefix("model-")?
+        .strip_suffix(".fkm")?
+        .parse()
+        .ok()
+}
+
+fn versions_on_disk(dir: &Path) -> BTreeSet<u64> {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter_map(|e| parse_version(&e.file_name().to_string_lossy()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Finds the newest snapshot that loads and verifies, newest first over both
+/// the files in `dir` and the rows of the `model` table; corrupt, truncated or
+/// missing files are logged and skipped. Also returns the highest version seen
+/// anywhere, so new versions never reuse a number.
+pub async fn load_newest(store: &Store, dir: &Path) -> anyhow::Result<(Option<Snapshot>, u64)> {
+    std::fs::create_dir_all(dir)?;
+    let rows: HashMap<u64, ModelRow> = store
+        .model_rows()
+        .await?
+        .into_iter()
+        .map(|r| (r.version as u64, r))
+        .collect();
+    let mut versions = versions_on_disk(dir);
+    versions.extend(rows.keys().copied());
+    let max_seen = versions.iter().next_back().copied().unwrap_or(0);
+    for version in versions.into_iter().rev() {
+        let path = dir.join(file_name(version));
+        if !path.exists() {
+            tracing::debug!(version, path = %path.display(), "snapshot file no longer on disk");
+            continue;
+        }
+        let p = path.clone();
+        let loaded = tokio::task::spawn_blocking(move || engine::persist::load(&p)).await?;
+        match loaded {
+            Ok(model) => {
+                let row = rows.get(&version);
+                let trained_at = row.map(|r| r.trained_at.clone()).unwrap_or_else(|| {
+                    std::fs::metadata(&path)
+                        .and_then(|m| m.modified())
+                        .map(|t| rfc3339(time::OffsetDateTime::from(t)))
+                        .unwrap_or_default()
+                });
+                tracing::info!(version, path = %path.display(), "loaded model snapshot");
+                let snapshot = Snapshot {
+                    version,
+                    trained_at,
+                    holdout_rmse: row.and_then(|r| r.holdout_rmse),
+                    n_holdout: row.map(|r| r.n_holdout as usize).unwrap_or(0),
+                    n_ratings_total: row
+                        .map(|r| r.n_ratings as u64)
+                        .unwrap_or(model.report.n_ratings as u64),
+                    model,
+                };
+                return Ok((Some(snapshot), max_seen));
+            }
+            Err(e) => {
+                tracing::warn!(version, error = %e, "skipping unreadable model snapshot");
+            }
+        }
+    }
+    Ok((None, max_seen))
+}
+
+/// Writes the snapshot's model file (temp + fsync + rename) and returns its path.
+pub fn write_file(dir: &Path, version: u64, model: &Model) -> Result<PathBuf, engine::EngineError> {
+    let path = dir.join(file_name(version));
+    engine::persist::save(model, &path)?;
+    Ok(path)
+}
+
+/// Deletes all but the `keep` newest snapshot files.
+pub fn prune(dir: &Path, keep: usize) {
+    let versions = versions_on_disk(dir);
+    let n = versions.len();
+    for v in versions.into_iter().take(n.saturating_sub(keep)) {
+        let path = dir.join(file_name(v));
+        if let Err(e) = std::fs::remove_file(&path) {
+            tracing::warn!(path = %path.display(), error = %e, "could not delete old snapshot");
+        }
+    }
+}
+
+/// Formats a timestamp as RFC 3339.
+pub fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_names_roundtrip() {
+        assert_eq!(parse_version(&file_name(42)), Some(42));
+        assert_eq!(parse_version("model-x.fkm"), None);
+        assert_eq!(parse_version("model-0000000001.tmp"), None);
+        assert!(file_name(9) < file_name(10), "names sort like versions");
+    }
+}

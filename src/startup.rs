@@ -1,0 +1,117 @@
+//! Application assembly: store, snapshot, worker and HTTP server, run until a shutdown signal.
+
+use crate::config::Settings;
+use crate::http::{self, AppState};
+use crate::snapshot::{self, Serving};
+use crate::store::Store;
+use crate::worker::{Worker, WorkerTask};
+use anyhow::Context;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+/// A bound, ready-to-run service.
+pub struct Application {
+    listener: TcpListener,
+    addr: SocketAddr,
+    state: AppState,
+    worker_task: WorkerTask,
+}
+
+impl Application {
+    /// Opens and migrates the store, loads the newest valid snapshot (served
+    /// before any retrain), starts the worker and binds the listener.
+    pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+        settings.validate()?;
+        let settings = Arc::new(settings);
+        let store = Store::connect(&settings).await?;
+        let serving = Arc::new(Serving::new());
+        let (snap, last_version) = snapshot::load_newest(&store, &settings.models_dir())
+            .await
+            .context("loading model snapshots")?;
+        match snap {
+            Some(s) => serving.publish(Arc::new(s)),
+            None => tracing::info!(
+                "no model snapshot yet: serving fallbacks until the first training run"
+            ),
+        }
+        let listener = TcpListener::bind(&settings.server.bind)
+            .await
+            .with_context(|| format!("binding {}", settings.server.bind))?;
+        let addr = listener.local_addr()?;
+        let (worker, worker_task) = Worker::start(
+            settings.clone(),
+            store.clone(),
+            serving.clone(),
+            last_version,
+        );
+        let state = AppState {
+            settings,
+            store,
+            serving,
+            worker,
+        };
+        Ok(Application {
+            listener,
+            addr,
+            state,
+            worker_task,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// Serves until SIGTERM or Ctrl-C.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        self.run_until(shutdown_signal()).await
+    }
+
+    /// Serves until `signal` completes: stops accepting, finishes in-flight
+    /// requests, then stops the worker (cancelling a run at its next epoch)
+    /// and closes the database.
+    pub async fn run_until(
+        self,
+        signal: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        tracing::info!(addr = %self.addr, "listening");
+        let store = self.state.store.clone();
+        let app = http::router(self.state);
+        let served = axum::serve(self.listener, app)
+            .with_graceful_shutdown(signal)
+            .await;
+        tracing::info!("server stopped; stopping the training worker");
+        self.worker_task.shutdown().await;
+        store.close().await;
+        served.context("serving HTTP")
+    }
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown signal received");
+}
