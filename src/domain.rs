@@ -232,7 +232,8 @@ mod tests {
     proptest! {
         #[test]
         fn valid_ids_roundtrip(s in "[^\\p{Cc}]{1,128}") {
-            prop_assert_eq!(UserId::parse(&s).unwrap().as_str(), s.as_str());
+            let id = UserId::parse(&s).unwrap();
+            prop_assert_eq!(id.as_str(), s.as_str());
         }
 
         #[test]

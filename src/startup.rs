@@ -68,6 +68,11 @@ impl Application {
         self.addr.port()
     }
 
+    /// The router with all middleware, for in-process tests (`tower::ServiceExt::oneshot`).
+    pub fn router(&self) -> axum::Router {
+        http::router(self.state.clone())
+    }
+
     /// Serves until SIGTERM or Ctrl-C.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         self.run_until(shutdown_signal()).await

@@ -1,0 +1,8 @@
+//! Integration tests of the HTTP service: a real server on a random port, over real HTTP.
+
+mod helpers;
+
+mod errors;
+mod lifecycle;
+mod ratings;
+mod recommend;
