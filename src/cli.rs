@@ -69,6 +69,11 @@ pub struct HyperArgs {
 }
 
 impl HyperArgs {
+    /// The trainer's shipped defaults with every given flag applied on top.
+    pub fn resolve(&self) -> Result<Hyper> {
+        self.apply(Hyper::for_trainer(self.trainer.unwrap_or_default()))
+    }
+
     pub fn apply(&self, mut h: Hyper) -> Result<Hyper> {
         macro_rules! set {
             ($($f:ident),*) => { $(if let Some(v) = self.$f { h.$f = v; })* };
@@ -206,7 +211,7 @@ fn total_epochs(h: &Hyper) -> usize {
 }
 
 pub fn eval(args: EvalArgs) -> Result<()> {
-    let hyper = args.hyper.apply(Hyper::default())?;
+    let hyper = args.hyper.resolve()?;
     let mut splits: Vec<(String, Dataset, Vec<Rating>)> = Vec::new();
     if let Some(data) = &args.data {
         let all = load(data, args.format, hyper.scale, args.quiet)?;
@@ -294,7 +299,7 @@ pub fn eval(args: EvalArgs) -> Result<()> {
 }
 
 pub fn train_cmd(args: TrainArgs) -> Result<()> {
-    let hyper = args.hyper.apply(Hyper::default())?;
+    let hyper = args.hyper.resolve()?;
     let data = load(&args.data, args.format, hyper.scale, args.quiet)?;
     let pb = epoch_bar(total_epochs(&hyper), "train", args.quiet);
     let mut cb = on_epoch_for(&pb);

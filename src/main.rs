@@ -1,4 +1,12 @@
 //! The `funkrec` binary: everything lives in the library.
-fn main() -> anyhow::Result<()> {
-    funkrec::cli::main()
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    match funkrec::cli::main() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

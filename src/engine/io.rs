@@ -470,4 +470,51 @@ mod tests {
         assert!(read_all(b"1,2,3\n", Some(Format::Tab)).is_err());
         assert_eq!(read_all(b"1,2,3\n", Some(Format::Csv)).unwrap().len(), 1);
     }
+
+    mod prop {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn id() -> impl Strategy<Value = String> {
+            "[A-Za-z0-9_.@éü-]{1,12}"
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(200))]
+
+            /// Any bytes at all: an error or rows, never a panic.
+            #[test]
+            fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300),
+                                           fmt in proptest::option::of(prop_oneof![Just(Format::Tab), Just(Format::Dat), Just(Format::Csv)])) {
+                let _ = read_all(&bytes, fmt);
+            }
+
+            /// Rows written in each format read back exactly.
+            #[test]
+            fn written_rows_read_back(rows in proptest::collection::vec((id(), id(), 1u8..=10, proptest::option::of(0i64..2_000_000_000)), 1..20),
+                                      crlf in any::<bool>()) {
+                let eol = if crlf { "\r\n" } else { "\n" };
+                for (fmt, sep) in [(Format::Tab, "\t"), (Format::Dat, "::"), (Format::Csv, ",")] {
+                    let mut text = String::new();
+                    if fmt == Format::Csv {
+                        text.push_str("userId,movieId,rating,timestamp");
+                        text.push_str(eol);
+                    }
+                    for (u, i, half, ts) in &rows {
+                        let v = *half as f32 / 2.0;
+                        let ts = ts.map(|t| format!("{sep}{t}")).unwrap_or_default();
+                        text.push_str(&format!("{u}{sep}{i}{sep}{v}{ts}{eol}"));
+                    }
+                    let got = read_all(text.as_bytes(), Some(fmt)).unwrap();
+                    prop_assert_eq!(got.len(), rows.len());
+                    for (g, (u, i, half, ts)) in got.iter().zip(&rows) {
+                        prop_assert_eq!(&g.user, u);
+                        prop_assert_eq!(&g.item, i);
+                        prop_assert_eq!(g.value, *half as f32 / 2.0);
+                        prop_assert_eq!(g.timestamp, *ts);
+                    }
+                }
+            }
+        }
+    }
 }

@@ -56,7 +56,6 @@ pub fn train(
         TrainerKind::Gd => gd::run(&mut model, &ratings, &mut report),
         TrainerKind::Funk => funk::run(&mut model, &mut ratings, validation, &mut report),
     }
-    drop(report);
     model.report.epochs = epochs;
     model.report.train_seconds = start.elapsed().as_secs_f64();
     model.report.n_ratings = data.len();

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Builds the two base images the Dockerfile needs, locally, because no image registry is
+# reachable here: a Debian bookworm runtime (debootstrap) and a Rust builder (the same plus
+# gcc and this machine's Rust toolchain). Idempotent: existing images are kept.
+# Prints the build args to pass to `podman build`.
+set -euo pipefail
+CACHE=${FUNKREC_CONTAINER_CACHE:-/var/cache/funkrec}
+MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+RUNTIME_IMAGE=localhost/funkrec-base/debian:bookworm-slim
+RUST_IMAGE=localhost/funkrec-base/rust:bookworm
+PODMAN=(podman --runtime runc)
+export CONTAINERS_CONF=${CONTAINERS_CONF:-$(dirname "$0")/containers.conf}
+
+need() { command -v "$1" >/dev/null 2>&1; }
+if ! need podman || ! need runc || ! need debootstrap; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc debootstrap >/dev/null
+fi
+mkdir -p "$CACHE"
+
+has_image() { "${PODMAN[@]}" image exists "$1"; }
+
+if ! has_image "$RUNTIME_IMAGE"; then
+  rootfs="$CACHE/rootfs-runtime"
+  if [ ! -x "$rootfs/bin/sh" ]; then
+    rm -rf "$rootfs"
+    debootstrap --variant=minbase --include=ca-certificates bookworm "$rootfs" "$MIRROR" >&2
+  fi
+  tar -C "$rootfs" -c . | "${PODMAN[@]}" import --change 'CMD ["/bin/bash"]' - "$RUNTIME_IMAGE" >&2
+fi
+
+if ! has_image "$RUST_IMAGE"; then
+  rootfs="$CACHE/rootfs-rust"
+  if [ ! -x "$rootfs/usr/bin/gcc" ]; then
+    rm -rf "$rootfs"
+    debootstrap --variant=minbase --include=ca-certificates,gcc,libc6-dev,pkg-config bookworm "$rootfs" "$MIRROR" >&2
+  fi
+  toolchain=$(rustc --print sysroot)
+  rm -rf "$rootfs/usr/local/rust"
+  cp -a "$toolchain" "$rootfs/usr/local/rust"
+  rm -rf "$rootfs/usr/local/rust/share/doc"
+  tar -C "$rootfs" -c . | "${PODMAN[@]}" import \
+    --change 'ENV PATH=/usr/local/cargo/bin:/usr/local/rust/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+    --change 'ENV CARGO_HOME=/usr/local/cargo' \
+    --change 'CMD ["/bin/bash"]' - "$RUST_IMAGE" >&2
+fi
+
+echo "--build-arg RUNTIME_IMAGE=$RUNTIME_IMAGE --build-arg RUST_IMAGE=$RUST_IMAGE"
