@@ -86,7 +86,7 @@ impl Worker {
         let worker = Worker {
             inner: Arc::new(Inner {
                 status: Mutex::new(JobStatus {
-                    epochs: settings.model.epochs,
+                    epochs: total_epochs(&settings.model),
                     ..JobStatus::default()
                 }),
                 settings,
@@ -205,7 +205,7 @@ impl Worker {
             s.running = true;
             s.queued = false;
             s.epoch = None;
-            s.epochs = inner.settings.model.epochs;
+            s.epochs = total_epochs(&inner.settings.model);
             s.last_started_at = Some(snapshot::rfc3339(time::OffsetDateTime::now_utc()));
         }
         let outcome = self.train_and_publish().await;
@@ -294,6 +294,14 @@ impl Worker {
         );
         tokio::task::spawn_blocking(move || snapshot::prune(&dir, keep)).await?;
         Ok(Some(version))
+    }
+}
+
+/// Epoch callbacks a run makes (`funk` counts epochs per factor and cycle).
+fn total_epochs(h: &engine::Hyper) -> usize {
+    match h.trainer {
+        engine::TrainerKind::Funk => h.epochs * (h.factors * h.funk_cycles + usize::from(h.biased)),
+        _ => h.epochs,
     }
 }
 

@@ -169,7 +169,7 @@ async fn requests_keep_succeeding_while_snapshots_swap() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn triggers_during_a_run_queue_exactly_one_more() {
     // slow enough that all triggers land during the first run
-    let app = spawn_app_with(|s| s.model.epochs = 4000).await;
+    let app = spawn_app_with(|s| s.model.epochs = 40_000).await;
     app.post_ratings(&planted()).await;
     let (s, v) = app.post_json("/v1/model/train", &json!({})).await;
     assert_eq!(s, 202);

@@ -1,0 +1,63 @@
+//! `funkrec import`: a ratings file bulk-loaded into the store the server then reads.
+
+use crate::helpers::*;
+use std::sync::Arc;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_then_serve_and_train() {
+    let tmp = Arc::new(tempfile::tempdir().unwrap());
+    let data_dir = tmp.path().join("store");
+    let cfg = tmp.path().join("import.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[storage]\ndata_dir = {:?}\n",
+            data_dir.display().to_string()
+        ),
+    )
+    .unwrap();
+    let file = tmp.path().join("ratings.dat");
+    let mut text = String::new();
+    for (u, i, r) in planted() {
+        text.push_str(&format!("{}::{}::{}::978300760\n", &u[1..], &i[1..], r));
+    }
+    text.push_str("1::0::9::978300760\n"); // outside the scale: skipped
+    text.push_str("1::0::4::978300761\n"); // same pair again: replaces
+    std::fs::write(&file, text).unwrap();
+
+    let (f, c) = (file.clone(), cfg.clone());
+    tokio::task::spawn_blocking(move || {
+        funkrec::service::import_command(f, Some("dat".into()), Some(c))
+    })
+    .await
+    .unwrap()
+    .unwrap();
+
+    let app = spawn_app_in(tmp.clone(), |s| s.storage.data_dir = data_dir.clone()).await;
+    let (_, p) = app.get_json("/v1/users/1/ratings?limit=1000").await;
+    let expected = planted().iter().filter(|(u, _, _)| u == "u1").count();
+    assert_eq!(p["total"], expected as u64, "{p}");
+    let zero = p["ratings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["item"] == "0");
+    // u1 rated i0 with 1 in the planted set; the file's last line replaced it
+    assert_eq!(zero.unwrap()["rating"], 4.0);
+    assert_eq!(zero.unwrap()["timestamp"], 978300761);
+    // the store was imported before start, so the app trains on it at start
+    assert_eq!(app.wait_for_version_after(None).await, 1);
+    let (_, m) = app.get_json("/v1/model").await;
+    assert_eq!(m["counts"]["ratings"], planted().len() as u64);
+    app.stop().await;
+
+    // importing again is idempotent (upserts)
+    tokio::task::spawn_blocking(move || funkrec::service::import_command(file, None, Some(cfg)))
+        .await
+        .unwrap()
+        .unwrap();
+    let app = spawn_app_in(tmp, |s| s.storage.data_dir = data_dir).await;
+    let (_, p) = app.get_json("/v1/users/1/ratings?limit=1000").await;
+    assert_eq!(p["total"], expected as u64);
+    app.stop().await;
+}
