@@ -45,7 +45,8 @@ impl Application {
             store.clone(),
             serving.clone(),
             last_version,
-        );
+        )
+        .await;
         let state = AppState {
             settings,
             store,

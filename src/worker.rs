@@ -77,7 +77,11 @@ impl WorkerTask {
 impl Worker {
     /// Starts the worker loop on the runtime. `last_version` is the highest
     /// snapshot version ever seen (new snapshots get larger ones).
-    pub fn start(
+    ///
+    /// Whether to train right away is decided here, before the server accepts
+    /// requests: with no snapshot and ratings in the store (`train_on_start`),
+    /// a run is queued.
+    pub async fn start(
         settings: Arc<Settings>,
         store: Store,
         serving: Arc<Serving>,
@@ -98,6 +102,16 @@ impl Worker {
                 last_version: AtomicU64::new(last_version),
             }),
         };
+        if worker.inner.serving.get().is_none() && worker.inner.settings.training.train_on_start {
+            match worker.inner.store.has_ratings().await {
+                Ok(true) => {
+                    tracing::info!("no model snapshot but ratings in the store: training at start");
+                    worker.request();
+                }
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "could not read the store at start"),
+            }
+        }
         let w = worker.clone();
         let join = tokio::spawn(async move { w.run_loop().await });
         (worker.clone(), WorkerTask { worker, join })
@@ -166,10 +180,14 @@ impl Worker {
         tracing::info!("training worker stopped");
     }
 
-    /// At start: count changes since the loaded snapshot; train if there is no
-    /// snapshot yet (and data), or the changes already pass the threshold.
+    /// At start, with a snapshot loaded: count the changes since it was trained
+    /// (in the background: a count scans the table) and retrain if they already
+    /// pass the threshold.
     async fn startup_policy(&self) {
         let inner = &self.inner;
+        let Some(snap) = inner.serving.get() else {
+            return;
+        };
         let count = match inner.store.count_ratings().await {
             Ok(c) => c,
             Err(e) => {
@@ -177,22 +195,9 @@ impl Worker {
                 return;
             }
         };
-        let t = &inner.settings.training;
-        match inner.serving.get() {
-            Some(snap) => {
-                let diff = count.abs_diff(snap.n_ratings_total);
-                inner.pending.store(diff, Ordering::Relaxed);
-                if t.retrain_after_ratings > 0 && diff >= t.retrain_after_ratings {
-                    self.request();
-                }
-            }
-            None => {
-                inner.pending.store(count, Ordering::Relaxed);
-                if t.train_on_start && count > 0 && count >= t.min_ratings as u64 {
-                    tracing::info!(ratings = count, "no model snapshot: training at start");
-                    self.request();
-                }
-            }
+        let diff = count.abs_diff(snap.n_ratings_total);
+        if diff > 0 {
+            self.record_changes(diff);
         }
     }
 
@@ -342,13 +347,15 @@ pub fn split(rows: &TrainingRows, fraction: f64, max: usize, seed: u64) -> (Data
             continue;
         }
         let (u, i) = (u as usize, i as usize);
+        // A key without a row cannot happen with one consistent read; skip it anyway.
+        let (Some(Some(up)), Some(Some(ip))) = (user_pos.get(u), item_pos.get(i)) else {
+            continue;
+        };
         if user_dense[u] == u32::MAX {
-            let pos = user_pos[u].expect("rating of a user without a row");
-            user_dense[u] = data.users.intern(&rows.users[pos as usize].1);
+            user_dense[u] = data.users.intern(&rows.users[*up as usize].1);
         }
         if item_dense[i] == u32::MAX {
-            let pos = item_pos[i].expect("rating of an item without a row");
-            item_dense[i] = data.items.intern(&rows.items[pos as usize].1);
+            item_dense[i] = data.items.intern(&rows.items[*ip as usize].1);
         }
         data.ratings.push(Rating {
             user: user_dense[u],
@@ -362,8 +369,8 @@ pub fn split(rows: &TrainingRows, fraction: f64, max: usize, seed: u64) -> (Data
         .enumerate()
         .filter(|(idx, _)| held[*idx])
         .map(|(_, &(u, i, value))| Rating {
-            user: user_dense[u as usize],
-            item: item_dense[i as usize],
+            user: user_dense.get(u as usize).copied().unwrap_or(u32::MAX),
+            item: item_dense.get(i as usize).copied().unwrap_or(u32::MAX),
             value,
         })
         .collect();
@@ -380,7 +387,7 @@ mod tests {
         let mut ratings = Vec::new();
         for u in 1..=n_users {
             for i in 1..=n_items {
-                ratings.push((u, i, ((u + i) % 5 + 1) as f32));
+                ratings.push((u as u32, i as u32, ((u + i) % 5 + 1) as f32));
             }
         }
         TrainingRows {
@@ -419,10 +426,20 @@ mod tests {
     }
 
     #[test]
+    fn ratings_without_id_rows_are_skipped() {
+        let mut r = rows(3, 3);
+        r.ratings.push((77, 1, 4.0));
+        r.ratings.push((1, 1000, 4.0));
+        let (d, h) = split(&r, 0.0, 0, 1);
+        assert!(h.is_empty());
+        assert_eq!(d.len(), 9);
+    }
+
+    #[test]
     fn holdout_of_unseen_user_is_unknown() {
         let mut r = rows(5, 5);
         r.users.push((99, "lonely".into()));
-        r.ratings.push((99, 1, 3.0));
+        r.ratings.push((99u32, 1u32, 3.0));
         // hold out everything we can: the lonely user's only rating may be held out
         let (d, h) = split(&r, 0.45, 1000, 3);
         for rt in &h {

@@ -147,6 +147,23 @@ async fn requests_keep_succeeding_while_snapshots_swap() {
             failures
         }));
     }
+    // a writer adds new users and items while runs load the store
+    let writer = {
+        let (app, stop) = (app.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut n = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                let body = json!({"ratings": [
+                    {"user": format!("w{n}"), "item": format!("new{n}"), "rating": 4},
+                    {"user": format!("w{n}"), "item": "i1", "rating": 2},
+                ]});
+                let (s, v) = app.post_json("/v1/ratings", &body).await;
+                assert_eq!(s, 201, "{v}");
+                n += 1;
+            }
+            n
+        })
+    };
     // three retrains swap the snapshot under the traffic
     let mut last = first;
     for _ in 0..3 {
@@ -163,6 +180,9 @@ async fn requests_keep_succeeding_while_snapshots_swap() {
         );
     }
     assert!(ok.load(Ordering::Relaxed) > 20, "traffic actually flowed");
+    assert!(writer.await.unwrap() > 0);
+    let m = app.wait_idle().await;
+    assert_eq!(m["training"]["failures"], 0, "{m}");
     Arc::into_inner(app).unwrap().stop().await;
 }
 
