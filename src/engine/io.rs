@@ -119,7 +119,7 @@ pub fn parse_line(format: Format, line: &str) -> Result<Row<'_>, String> {
 /// Reads a ratings file line by line (one reused buffer, never the whole file).
 pub struct RatingsReader {
     path: PathBuf,
-    input: BufReader<CountingReader<File>>,
+    input: BufReader<CountingReader<Box<dyn Read + Send>>>,
     format: Format,
     line_no: u64,
     buf: Vec<u8>,
@@ -156,12 +156,22 @@ impl RatingsReader {
     pub fn open(path: &Path, format: Option<Format>) -> Result<Self, EngineError> {
         let file = File::open(path).map_err(|e| EngineError::io(path, e))?;
         let total = file.metadata().map(|m| m.len()).unwrap_or(0);
+        Self::from_reader(path, Box::new(file), total, format)
+    }
+
+    /// Reads from any byte stream; `name` is used in error messages.
+    pub fn from_reader(
+        name: &Path,
+        input: Box<dyn Read + Send>,
+        total: u64,
+        format: Option<Format>,
+    ) -> Result<Self, EngineError> {
         let mut r = RatingsReader {
-            path: path.to_owned(),
+            path: name.to_owned(),
             input: BufReader::with_capacity(
-                1 << 20,
+                (total as usize).clamp(8 << 10, 1 << 20),
                 CountingReader {
-                    inner: file,
+                    inner: input,
                     count: 0,
                 },
             ),
