@@ -38,8 +38,9 @@ VOLUME /var/lib/funkrec
 WORKDIR /var/lib/funkrec
 USER funkrec:funkrec
 EXPOSE 8080
-# The runtime image has no curl: the binary probes itself over plain HTTP/1.0.
+# The runtime image has no curl: the binary probes its own /healthz over plain
+# HTTP/1.0, at the configured bind address (so FUNKREC__SERVER__BIND moves it too).
 HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
-    CMD ["/usr/local/bin/funkrec", "healthcheck", "http://127.0.0.1:8080/healthz"]
+    CMD ["/usr/local/bin/funkrec", "healthcheck", "--config", "/etc/funkrec/production.toml"]
 ENTRYPOINT ["/usr/local/bin/funkrec"]
 CMD ["serve", "--config", "/etc/funkrec/production.toml"]

@@ -33,17 +33,17 @@ async fn health_and_readiness() {
 
     // and the container healthcheck probe agrees
     let url = app.url("/healthz");
-    tokio::task::spawn_blocking(move || funkrec::service::healthcheck_command(&url))
+    tokio::task::spawn_blocking(move || funkrec::service::healthcheck_command(Some(url), None))
         .await
         .unwrap()
         .unwrap();
     let url = app.url("/nope");
-    assert!(
-        tokio::task::spawn_blocking(move || funkrec::service::healthcheck_command(&url))
-            .await
-            .unwrap()
-            .is_err()
-    );
+    assert!(tokio::task::spawn_blocking(move || {
+        funkrec::service::healthcheck_command(Some(url), None)
+    })
+    .await
+    .unwrap()
+    .is_err());
     app.stop().await;
 }
 
