@@ -280,3 +280,25 @@ async fn router_answers_in_process() {
     let v: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(v["error"]["code"], "method_not_allowed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retrain_on_interval_only_when_something_changed() {
+    let app = spawn_app_with(|s| s.training.retrain_interval_secs = 1).await;
+    app.post_ratings(&planted()).await;
+    assert_eq!(app.wait_for_version_after(None).await, 1);
+    // two more ticks without changes: no new run (a wrong one would show up here)
+    tokio::time::sleep(Duration::from_millis(2300)).await;
+    let m = app.wait_idle().await;
+    assert_eq!(m["version"], 1, "{m}");
+    assert_eq!(m["training"]["runs"], 1);
+    // one change: the next tick retrains
+    let (s, _) = app
+        .post_json(
+            "/v1/ratings",
+            &json!({"user": "u0", "item": "i0", "rating": 1}),
+        )
+        .await;
+    assert_eq!(s, 201);
+    assert_eq!(app.wait_for_version_after(Some(1)).await, 2);
+    app.stop().await;
+}
