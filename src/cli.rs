@@ -1,8 +1,9 @@
-//! Command-line interface: argument parsing and the engine commands (eval, train).
+//! Command-line interface: argument parsing, the engine commands (eval, train) and dispatch to the service.
 
 use crate::engine::eval::{evaluate_split, kfold, mean_std, FoldResult};
 use crate::engine::io::{read_against, read_dataset, Format};
 use crate::engine::{persist, train, Dataset, EpochStats, Hyper, Rating, Scale, TrainerKind};
+use crate::service;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -23,6 +24,28 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Run the HTTP service (the default when no command is given).
+    Serve {
+        /// A TOML file layered over the built-in defaults (e.g. config/production.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Bulk-load a MovieLens/CSV ratings file into the configured store.
+    Import {
+        file: PathBuf,
+        /// tab, dat or csv (default: detected).
+        #[arg(long)]
+        format: Option<String>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Probe /healthz (exit 0 when healthy); used by the container HEALTHCHECK.
+    Healthcheck {
+        /// URL to probe (default: /healthz at the configured bind address).
+        url: Option<String>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Cross-validate or evaluate on predefined train/test pairs.
     Eval(EvalArgs),
     /// Train on a ratings file and write a model file.
@@ -327,8 +350,15 @@ pub fn train_cmd(args: TrainArgs) -> Result<()> {
 pub fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        None => service::serve_command(None),
+        Some(Command::Serve { config }) => service::serve_command(config),
+        Some(Command::Import {
+            file,
+            format,
+            config,
+        }) => service::import_command(file, format, config),
+        Some(Command::Healthcheck { url, config }) => service::healthcheck_command(url, config),
         Some(Command::Eval(a)) => eval(a),
         Some(Command::Train(a)) => train_cmd(a),
-        None => bail!("no command given (see --help)"),
     }
 }
