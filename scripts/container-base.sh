@@ -7,7 +7,7 @@ set -euo pipefail
 CACHE=${FUNKREC_CONTAINER_CACHE:-/var/cache/funkrec}
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 RUNTIME_IMAGE=localhost/funkrec-base/debian:bookworm-slim
-RUST_IMAGE=localhost/funkrec-base/rust:bookworm
+RUST_IMAGE=localhost/funkrec-base/rust:bookworm-2
 PODMAN=(podman --runtime runc)
 export CONTAINERS_CONF=${CONTAINERS_CONF:-$(dirname "$0")/containers.conf}
 
@@ -39,6 +39,8 @@ if ! has_image "$RUST_IMAGE"; then
   rm -rf "$rootfs/usr/local/rust"
   cp -a "$toolchain" "$rootfs/usr/local/rust"
   rm -rf "$rootfs/usr/local/rust/share/doc"
+  # Trust what this machine trusts (its package traffic may pass a TLS-inspecting proxy).
+  cp /etc/ssl/certs/ca-certificates.crt "$rootfs/etc/ssl/certs/ca-certificates.crt"
   tar -C "$rootfs" -c . | "${PODMAN[@]}" import \
     --change 'ENV PATH=/usr/local/cargo/bin:/usr/local/rust/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
     --change 'ENV CARGO_HOME=/usr/local/cargo' \

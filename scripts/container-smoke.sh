@@ -15,7 +15,7 @@ BASE="http://127.0.0.1:$PORT"
 build_args=$(scripts/container-base.sh)
 echo "== podman build ($build_args)"
 # shellcheck disable=SC2086
-"${PODMAN[@]}" build --network host $build_args -t "$IMAGE" .
+"${PODMAN[@]}" build --format docker --network host $build_args -t "$IMAGE" .
 
 cleanup() {
   "${PODMAN[@]}" rm -f "$NAME" >/dev/null 2>&1 || true
@@ -51,7 +51,11 @@ check "post rating" 201 -X POST "$BASE/v1/ratings" -H 'content-type: application
   -d '{"user":"alice","item":"matrix","rating":5}'
 check recommendations 200 "$BASE/v1/users/alice/recommendations?n=5"
 # The image's own HEALTHCHECK command works inside the container.
-"${PODMAN[@]}" healthcheck run "$NAME" && echo "ok   container healthcheck"
+if "${PODMAN[@]}" healthcheck run "$NAME"; then
+  echo "ok   container healthcheck"
+else
+  echo "FAIL the image's HEALTHCHECK"; exit 1
+fi
 
 echo "== restart: the rating must persist in the volume"
 "${PODMAN[@]}" rm -f "$NAME" >/dev/null
