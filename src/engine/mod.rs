@@ -14,4 +14,4 @@ pub use data::{Dataset, IdMap, Rating};
 pub use error::EngineError;
 pub use model::{EpochStats, Model, Prediction, TrainReport};
 pub use params::{Hyper, Scale, TrainerKind};
-pub use train::train;
+pub use train::{train, train_in_place};

@@ -13,8 +13,14 @@ pub struct EpochStats {
     /// 1-based epoch number (for `funk`: counted across all factors).
     pub epoch: usize,
     /// Regularised objective ½Σe² + ½λΣ‖θ‖² over the training ratings.
+    ///
+    /// For `sgd`, every epoch but the last reports the *running estimate*: Σe²
+    /// uses each rating's error measured during the pass, just before its own
+    /// update (no second pass over the data); the penalty is exact. The last
+    /// epoch's value is exact.
     pub loss: f64,
-    /// RMSE on the training ratings.
+    /// RMSE on the training ratings (for `sgd`: the running estimate, exact on
+    /// the last epoch, as for `loss`).
     pub train_rmse: f64,
     /// RMSE on the validation ratings, when the trainer was given some.
     pub validation_rmse: Option<f64>,
