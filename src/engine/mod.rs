@@ -8,6 +8,7 @@ pub mod model;
 pub mod params;
 pub mod persist;
 pub mod svd;
+pub mod synth;
 pub mod train;
 
 pub use data::{Dataset, IdMap, Rating};

@@ -256,7 +256,13 @@ mod tests {
         let s = spec();
         let a = generate(&s);
         assert_eq!(a, generate(&s), "same seed, same bytes");
-        assert_ne!(a, generate(&SynthSpec { seed: 12, ..s.clone() }));
+        assert_ne!(
+            a,
+            generate(&SynthSpec {
+                seed: 12,
+                ..s.clone()
+            })
+        );
         let text = String::from_utf8(a).unwrap();
         let mut pairs = HashSet::new();
         let mut per_item: HashMap<u32, u64> = HashMap::new();
@@ -265,8 +271,11 @@ mod tests {
         for line in text.lines() {
             let f: Vec<&str> = line.split('\t').collect();
             assert_eq!(f.len(), 4);
-            let (u, i, r): (u32, u32, u32) =
-                (f[0].parse().unwrap(), f[1].parse().unwrap(), f[2].parse().unwrap());
+            let (u, i, r): (u32, u32, u32) = (
+                f[0].parse().unwrap(),
+                f[1].parse().unwrap(),
+                f[2].parse().unwrap(),
+            );
             assert!((1..=s.users).contains(&u) && (1..=s.items).contains(&i));
             assert!((1..=5).contains(&r), "rating {r}");
             f[3].parse::<u64>().unwrap();
@@ -313,6 +322,11 @@ mod tests {
             let f: Vec<&str> = line.split('\t').collect();
             assert!(pairs.insert((f[0].to_owned(), f[1].to_owned())));
         }
-        assert!(SynthSpec { ratings: 300 * 21, ..s }.validate().is_err());
+        assert!(SynthSpec {
+            ratings: 300 * 21,
+            ..s
+        }
+        .validate()
+        .is_err());
     }
 }
