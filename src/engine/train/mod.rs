@@ -100,6 +100,8 @@ pub fn train_ratings(
     Ok(model)
 }
 
+type Reporter<'a> = Box<dyn FnMut(&Model, usize, Progress) -> ControlFlow<()> + 'a>;
+
 /// Turns a trainer's [`Progress`] into recorded [`EpochStats`]; `train` is
 /// needed only by trainers that send `Compute` or `Loss`.
 fn reporter<'a, 'c: 'a>(
@@ -107,7 +109,7 @@ fn reporter<'a, 'c: 'a>(
     validation: Option<&'a [Rating]>,
     epochs: &'a mut Vec<EpochStats>,
     on_epoch: &'a mut EpochCallback<'c>,
-) -> Box<dyn FnMut(&Model, usize, Progress) -> ControlFlow<()> + 'a> {
+) -> Reporter<'a> {
     Box::new(move |model: &Model, epoch: usize, progress: Progress| {
         let full = |model: &Model| {
             let train = train.expect("this trainer reports full statistics");

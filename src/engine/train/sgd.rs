@@ -21,7 +21,9 @@
 //! machine, not across CPUs with and without FMA.
 
 use super::super::data::Rating;
-use super::super::model::{EpochStats, Model};
+#[cfg(target_arch = "x86_64")]
+use super::super::model::has_avx2_fma;
+use super::super::model::{dot_k, madd, EpochStats, Model};
 use super::Progress;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -39,47 +41,6 @@ pub struct Rates {
     pub reg_bias: f32,
     pub mu: f32,
     pub biased: bool,
-}
-
-#[inline(always)]
-fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
-    if FMA {
-        a.mul_add(b, c)
-    } else {
-        a * b + c
-    }
-}
-
-/// Dot product with 16 independent accumulators (two AVX vectors).
-#[inline(always)]
-fn dot_k<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
-    let n = a.len().min(b.len());
-    let (a, b) = (&a[..n], &b[..n]);
-    let mut acc = [0.0f32; 16];
-    let mut ca = a.chunks_exact(16);
-    let mut cb = b.chunks_exact(16);
-    for (x, y) in (&mut ca).zip(&mut cb) {
-        for l in 0..16 {
-            acc[l] = madd::<FMA>(x[l], y[l], acc[l]);
-        }
-    }
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    let mut ta = ra.chunks_exact(8);
-    let mut tb = rb.chunks_exact(8);
-    for (x, y) in (&mut ta).zip(&mut tb) {
-        for l in 0..8 {
-            acc[l] = madd::<FMA>(x[l], y[l], acc[l]);
-        }
-    }
-    let mut s = 0.0f32;
-    for (x, y) in ta.remainder().iter().zip(tb.remainder()) {
-        s = madd::<FMA>(*x, *y, s);
-    }
-    let mut h = [0.0f32; 8];
-    for l in 0..8 {
-        h[l] = acc[l] + acc[l + 8];
-    }
-    s + ((h[0] + h[4]) + (h[1] + h[5])) + ((h[2] + h[6]) + (h[3] + h[7]))
 }
 
 /// The fused update: error from μ + b_u + b_i + p·q, then biases and both rows.
@@ -108,11 +69,6 @@ fn update<const FMA: bool>(
         *qf = madd::<FMA>(g, a, b * shrink);
     }
     e
-}
-
-#[cfg(target_arch = "x86_64")]
-fn has_avx2_fma() -> bool {
-    is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
 }
 
 /// One SGD update for rating `r` on rows `p` (user) and `q` (item); returns the
