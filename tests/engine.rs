@@ -473,6 +473,8 @@ fn parallel_sgd_is_deterministic_and_matches_serial() {
     assert_eq!(a.item_bias, b.item_bias);
     // The block schedule does not depend on the thread count (up to 8 threads):
     // the blocks of a stratum are independent, so the result is bit-identical.
+    // (This small set runs on one worker; the unit test
+    // `threaded_epochs_are_bit_identical_to_serial` drives real threads.)
     assert_eq!(a.user_factors, serial.user_factors);
     assert_eq!(par(2).item_factors, serial.item_factors);
     // More threads than that use a finer grid: a different order, same quality.

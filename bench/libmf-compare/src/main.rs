@@ -25,6 +25,7 @@ struct Args {
     lr: Option<f32>,
     reg: Option<f32>,
     lr_decay: Option<f32>,
+    init_std: Option<f32>,
     libmf_eta: f32,
     libmf_lambda: f32,
     libmf_bins: i32,
@@ -42,6 +43,7 @@ fn parse() -> Args {
         lr: None,
         reg: None,
         lr_decay: None,
+        init_std: None,
         libmf_eta: 0.1,
         libmf_lambda: 0.05,
         libmf_bins: 0,
@@ -65,6 +67,7 @@ fn parse() -> Args {
             "--lr" => a.lr = Some(val().parse().expect("--lr")),
             "--reg" => a.reg = Some(val().parse().expect("--reg")),
             "--lr-decay" => a.lr_decay = Some(val().parse().expect("--lr-decay")),
+            "--init-std" => a.init_std = Some(val().parse().expect("--init-std")),
             "--libmf-eta" => a.libmf_eta = val().parse().expect("--libmf-eta"),
             "--libmf-lambda" => a.libmf_lambda = val().parse().expect("--libmf-lambda"),
             "--libmf-bins" => a.libmf_bins = val().parse().expect("--libmf-bins"),
@@ -135,6 +138,9 @@ fn main() {
     if let Some(d) = a.lr_decay {
         hyper.lr_decay = d;
     }
+    if let Some(s) = a.init_std {
+        hyper.init_std = s;
+    }
     let bins = if a.libmf_bins > 0 {
         a.libmf_bins
     } else {
@@ -196,7 +202,7 @@ fn main() {
         }
     }
     println!(
-        "data {} ({} ratings), k={}, epochs={}, threads={}, runs={}, LIBMF bins={} eta={} lambda={}, funkrec lr={} reg={} decay={}",
+        "data {} ({} ratings), k={}, epochs={}, threads={}, runs={}, LIBMF bins={} eta={} lambda={}, funkrec lr={} reg={} decay={} init_std={}",
         a.train.display(),
         data.len(),
         a.factors,
@@ -208,7 +214,8 @@ fn main() {
         a.libmf_lambda,
         hyper.lr,
         hyper.reg,
-        hyper.lr_decay
+        hyper.lr_decay,
+        hyper.init_std
     );
     println!(
         "{:<10}{:>14}{:>14}{:>12}",

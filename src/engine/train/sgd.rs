@@ -12,7 +12,10 @@
 //! Because the blocks of one stratum are independent, *which* thread runs a
 //! block does not change the result: for a given seed and grid size the model
 //! is bit-for-bit the same with 1 thread or many. The grid size is
-//! `max(16, 2·threads)`, so results are identical for 1–8 threads.
+//! `max(16, 2·threads, √(ratings/50,000))`, so results are identical for 1–8
+//! threads. On big problems (a block's user rows exceed 1 MiB) each block is
+//! walked in user order, as LIBMF does, for locality in P. Problems
+//! with fewer than 200,000 ratings per thread use fewer workers (same result).
 //!
 //! The kernel is compiled twice: a portable version (SSE2 on x86-64) and, on
 //! x86-64, an AVX2+FMA version picked at run time, so the default build stays
@@ -148,6 +151,9 @@ impl Params {
     }
 }
 
+/// Below this many ratings per worker, extra threads are not started.
+const MIN_RATINGS_PER_THREAD: usize = 200_000;
+
 /// How far ahead (in ratings) the rows are prefetched.
 const PREFETCH: usize = 8;
 
@@ -233,10 +239,19 @@ pub struct Grid {
     pub offsets: Vec<usize>,
 }
 
-/// Bins per side for `threads` workers (independent of the thread count up to 8).
-pub fn grid_size(threads: usize) -> usize {
-    (2 * threads).max(16)
+/// Bins per side for `threads` workers and `n` ratings: at least 16 and
+/// 2·threads (so it is the same for 1–8 threads), more for big data so that a
+/// block's slices of P and Q stay small (about 50,000 ratings per block).
+pub fn grid_size(threads: usize, n: usize) -> usize {
+    let by_size = ((n / 50_000) as f64).sqrt().ceil() as usize;
+    (2 * threads).max(16).max(by_size).min(4096)
 }
+
+/// A block's slice of P larger than this is walked in user order (stable sort
+/// of the shuffled block), so consecutive updates reuse the same user row and
+/// P is read almost sequentially; smaller slices stay in cache anyway and keep
+/// the fully random order.
+const SORT_ABOVE_BYTES: usize = 1 << 20;
 
 fn bins(n: usize, nb: usize, rng: &mut ChaCha8Rng) -> Vec<u32> {
     let mut perm: Vec<u32> = (0..n as u32).collect();
@@ -251,11 +266,13 @@ fn bins(n: usize, nb: usize, rng: &mut ChaCha8Rng) -> Vec<u32> {
 
 impl Grid {
     /// Groups `ratings` into `nb × nb` blocks in place (an in-place counting
-    /// sort, no second buffer) and shuffles each block once.
+    /// sort, no second buffer) and shuffles each block once (then orders it by
+    /// user when a block's rows of P, `k` floats each, would not fit in cache).
     pub fn build(
         ratings: &mut [Rating],
         n_users: usize,
         n_items: usize,
+        k: usize,
         nb: usize,
         seed: u64,
     ) -> Grid {
@@ -285,8 +302,13 @@ impl Grid {
                 }
             }
         }
+        let by_user = n_users.div_ceil(nb) * k * 4 > SORT_ABOVE_BYTES;
         for b in 0..nblocks {
-            ratings[offsets[b]..offsets[b + 1]].shuffle(&mut rng);
+            let block = &mut ratings[offsets[b]..offsets[b + 1]];
+            block.shuffle(&mut rng);
+            if by_user {
+                block.sort_by_key(|r| r.user);
+            }
         }
         Grid { nb, offsets }
     }
@@ -390,8 +412,12 @@ pub(super) fn run(
         "rating index outside the model"
     );
     let threads = model.hyper.threads.max(1);
-    let grid = Grid::build(ratings, nu, ni, grid_size(threads), model.hyper.seed);
+    let nb = grid_size(threads, ratings.len());
+    let grid = Grid::build(ratings, nu, ni, model.factors(), nb, model.hyper.seed);
     let ratings: &[Rating] = ratings;
+    // The result does not depend on the worker count, so small problems (where
+    // the per-stratum barriers cost more than the work) run on fewer threads.
+    let threads = threads.min(ratings.len().div_ceil(MIN_RATINGS_PER_THREAD).max(1));
     let mut rng = ChaCha8Rng::seed_from_u64(model.hyper.seed ^ 0x5eed_5eed);
     let epochs = model.hyper.epochs;
     for e in 0..epochs {
@@ -434,7 +460,7 @@ mod tests {
             .iter()
             .map(|r| (r.user, r.item, r.value.to_bits()))
             .collect();
-        let grid = Grid::build(&mut ratings, 97, 53, 5, 3);
+        let grid = Grid::build(&mut ratings, 97, 53, 8, 5, 3);
         let mut after: Vec<(u32, u32, u32)> = ratings
             .iter()
             .map(|r| (r.user, r.item, r.value.to_bits()))
@@ -463,6 +489,57 @@ mod tests {
             cols.sort_unstable();
             assert_eq!(rows, (0..5).collect::<Vec<_>>());
             assert_eq!(cols, (0..5).collect::<Vec<_>>());
+        }
+    }
+
+    #[test]
+    fn threaded_epochs_are_bit_identical_to_serial() {
+        use super::super::super::data::IdMap;
+        use super::super::super::params::Hyper;
+        use rand::Rng;
+        let (nu, ni, k) = (300usize, 200usize, 12usize);
+        let ids = |n: usize| IdMap::from_ids((0..n).map(|i| i.to_string()).collect()).unwrap();
+        let hyper = Hyper {
+            factors: k,
+            ..Hyper::default()
+        };
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        let mut base = Model::zeros(hyper, ids(nu), ids(ni), 3.5);
+        for x in base
+            .user_factors
+            .iter_mut()
+            .chain(base.item_factors.iter_mut())
+        {
+            *x = rng.gen_range(-0.1..0.1);
+        }
+        let mut ratings: Vec<Rating> = (0..20_000)
+            .map(|_| Rating {
+                user: rng.gen_range(0..nu as u32),
+                item: rng.gen_range(0..ni as u32),
+                value: rng.gen_range(1..=5) as f32,
+            })
+            .collect();
+        let grid = Grid::build(&mut ratings, nu, ni, k, 16, 5);
+        let rates = rates_for(&base, 0);
+        let run = |threads: usize| {
+            let mut m = base.clone();
+            let mut sched = ChaCha8Rng::seed_from_u64(1);
+            let mut sse = Vec::new();
+            for _ in 0..3 {
+                let strata = grid.schedule(&mut sched);
+                sse.push(grid_epoch(
+                    &mut m, &ratings, &grid, &strata, &rates, threads,
+                ));
+            }
+            (m, sse)
+        };
+        let (serial, s1) = run(1);
+        for threads in [2, 3, 16] {
+            let (par, s2) = run(threads);
+            assert_eq!(par.user_factors, serial.user_factors, "{threads} threads");
+            assert_eq!(par.item_factors, serial.item_factors, "{threads} threads");
+            assert_eq!(par.user_bias, serial.user_bias, "{threads} threads");
+            assert_eq!(s1, s2, "{threads} threads");
         }
     }
 
