@@ -2,7 +2,9 @@
 
 use crate::engine::eval::{evaluate_split, kfold, mean_std, FoldResult};
 use crate::engine::io::{read_against, read_dataset, Format};
-use crate::engine::{persist, train, Dataset, EpochStats, Hyper, Rating, Scale, TrainerKind};
+use crate::engine::{
+    persist, train_in_place, Dataset, EpochStats, Hyper, Rating, Scale, TrainerKind,
+};
 use crate::service;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -50,6 +52,37 @@ pub enum Command {
     Eval(EvalArgs),
     /// Train on a ratings file and write a model file.
     Train(TrainArgs),
+    /// Write a synthetic ratings file (planted low-rank model, skewed popularity).
+    Synth(SynthArgs),
+}
+
+/// Netflix size: --users 480189 --items 17770 --ratings 100480507.
+#[derive(Args, Debug)]
+pub struct SynthArgs {
+    #[arg(long, default_value_t = 480_189)]
+    pub users: u32,
+    #[arg(long, default_value_t = 17_770)]
+    pub items: u32,
+    #[arg(long, default_value_t = 100_480_507)]
+    pub ratings: u64,
+    /// Rank of the planted model.
+    #[arg(long, default_value_t = 20)]
+    pub factors: usize,
+    /// Standard deviation of the Gaussian noise added before rounding to 1..5.
+    #[arg(long, default_value_t = 0.5)]
+    pub noise: f32,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Output file (tab-separated user, item, rating, timestamp).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Fraction of ratings written to --holdout-out instead (e.g. 0.01).
+    #[arg(long, default_value_t = 0.0, requires = "holdout_out")]
+    pub holdout: f64,
+    #[arg(long)]
+    pub holdout_out: Option<PathBuf>,
+    #[arg(long, short)]
+    pub quiet: bool,
 }
 
 /// Hyperparameters; anything not given keeps the shipped default.
@@ -326,7 +359,10 @@ pub fn train_cmd(args: TrainArgs) -> Result<()> {
     let data = load(&args.data, args.format, hyper.scale, args.quiet)?;
     let pb = epoch_bar(total_epochs(&hyper), "train", args.quiet);
     let mut cb = on_epoch_for(&pb);
-    let model = train(&data, &hyper, None, &mut cb)?;
+    let mut data = data;
+    let n_ratings = data.len();
+    let model = train_in_place(&mut data, &hyper, None, &mut cb)?;
+    drop(data);
     pb.finish_and_clear();
     persist::save(&model, &args.out)?;
     let last = model
@@ -338,10 +374,61 @@ pub fn train_cmd(args: TrainArgs) -> Result<()> {
         "trained {} users x {} items on {} ratings in {:.2}s (train RMSE {:.4}); wrote {}",
         model.n_users(),
         model.n_items(),
-        data.len(),
+        n_ratings,
         model.report.train_seconds,
         last,
         args.out.display()
+    );
+    Ok(())
+}
+
+pub fn synth_cmd(args: SynthArgs) -> Result<()> {
+    use crate::engine::synth::{write_synthetic, SynthSpec};
+    use std::fs::File;
+    use std::io::BufWriter;
+    let spec = SynthSpec {
+        users: args.users,
+        items: args.items,
+        ratings: args.ratings,
+        factors: args.factors,
+        noise: args.noise,
+        seed: args.seed,
+        holdout: if args.holdout_out.is_some() {
+            args.holdout
+        } else {
+            0.0
+        },
+    };
+    spec.validate().map_err(anyhow::Error::msg)?;
+    let create = |p: &Path| -> Result<BufWriter<File>> {
+        let f = File::create(p).with_context(|| format!("creating {}", p.display()))?;
+        Ok(BufWriter::with_capacity(1 << 20, f))
+    };
+    let mut out = create(&args.out)?;
+    let mut holdout = args.holdout_out.as_deref().map(create).transpose()?;
+    let pb = if args.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(args.ratings)
+    };
+    pb.set_style(
+        ProgressStyle::with_template("synth [{bar:30}] {pos}/{len} ratings ({elapsed}, eta {eta})")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    let start = std::time::Instant::now();
+    let sum = write_synthetic(&spec, &mut out, holdout.as_mut(), &mut |n| {
+        pb.set_position(n)
+    })
+    .with_context(|| format!("writing {}", args.out.display()))?;
+    pb.finish_and_clear();
+    eprintln!(
+        "wrote {} ratings to {} ({} held out) in {:.1}s; ratings 1..5: {:?}",
+        sum.train,
+        args.out.display(),
+        sum.holdout,
+        start.elapsed().as_secs_f64(),
+        sum.histogram
     );
     Ok(())
 }
@@ -360,5 +447,6 @@ pub fn main() -> Result<()> {
         Some(Command::Healthcheck { url, config }) => service::healthcheck_command(url, config),
         Some(Command::Eval(a)) => eval(a),
         Some(Command::Train(a)) => train_cmd(a),
+        Some(Command::Synth(a)) => synth_cmd(a),
     }
 }

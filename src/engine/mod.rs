@@ -8,10 +8,11 @@ pub mod model;
 pub mod params;
 pub mod persist;
 pub mod svd;
+pub mod synth;
 pub mod train;
 
 pub use data::{Dataset, IdMap, Rating};
 pub use error::EngineError;
 pub use model::{EpochStats, Model, Prediction, TrainReport};
 pub use params::{Hyper, Scale, TrainerKind};
-pub use train::train;
+pub use train::{train, train_in_place};

@@ -13,8 +13,14 @@ pub struct EpochStats {
     /// 1-based epoch number (for `funk`: counted across all factors).
     pub epoch: usize,
     /// Regularised objective ½Σe² + ½λΣ‖θ‖² over the training ratings.
+    ///
+    /// For `sgd`, every epoch but the last reports the *running estimate*: Σe²
+    /// uses each rating's error measured during the pass, just before its own
+    /// update (no second pass over the data); the penalty is exact. The last
+    /// epoch's value is exact.
     pub loss: f64,
-    /// RMSE on the training ratings.
+    /// RMSE on the training ratings (for `sgd`: the running estimate, exact on
+    /// the last epoch, as for `loss`).
     pub train_rmse: f64,
     /// RMSE on the validation ratings, when the trainer was given some.
     pub validation_rmse: Option<f64>,
@@ -81,6 +87,125 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
         s += a[j] * b[j];
     }
     s
+}
+
+#[inline(always)]
+pub(crate) fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FMA {
+        a.mul_add(b, c)
+    } else {
+        a * b + c
+    }
+}
+
+/// Dot product with 16 independent accumulators (two AVX vectors); with `FMA`
+/// it must run inside a function compiled with the `fma` target feature.
+#[inline(always)]
+pub(crate) fn dot_k<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0.0f32; 16];
+    let mut ca = a.chunks_exact(16);
+    let mut cb = b.chunks_exact(16);
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for l in 0..16 {
+            acc[l] = madd::<FMA>(x[l], y[l], acc[l]);
+        }
+    }
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    let mut ta = ra.chunks_exact(8);
+    let mut tb = rb.chunks_exact(8);
+    for (x, y) in (&mut ta).zip(&mut tb) {
+        for l in 0..8 {
+            acc[l] = madd::<FMA>(x[l], y[l], acc[l]);
+        }
+    }
+    let mut s = 0.0f32;
+    for (x, y) in ta.remainder().iter().zip(tb.remainder()) {
+        s = madd::<FMA>(*x, *y, s);
+    }
+    let mut h = [0.0f32; 8];
+    for l in 0..8 {
+        h[l] = acc[l] + acc[l + 8];
+    }
+    s + ((h[0] + h[4]) + (h[1] + h[5])) + ((h[2] + h[6]) + (h[3] + h[7]))
+}
+
+/// Whether this CPU runs the AVX2+FMA kernels (checked once, then cached by std).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+pub(crate) fn has_avx2_fma() -> bool {
+    is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+}
+
+/// Four dot products p·q0..p·q3 at once (p is loaded once for all four).
+#[inline(always)]
+fn dot4<const FMA: bool>(p: &[f32], q: [&[f32]; 4]) -> [f32; 4] {
+    let k = p.len();
+    let q = q.map(|r| &r[..k]);
+    let mut acc = [[0.0f32; 8]; 4];
+    let full = k / 8 * 8;
+    let mut o = 0;
+    while o < full {
+        for (a, r) in acc.iter_mut().zip(&q) {
+            for l in 0..8 {
+                a[l] = madd::<FMA>(p[o + l], r[o + l], a[l]);
+            }
+        }
+        o += 8;
+    }
+    let mut out = [0.0f32; 4];
+    for ((x, a), r) in out.iter_mut().zip(&acc).zip(&q) {
+        let mut s = ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]));
+        for j in full..k {
+            s = madd::<FMA>(p[j], r[j], s);
+        }
+        *x = s;
+    }
+    out
+}
+
+/// Scores b_i + p·q_i for every item not excluded, keeping the best in `top`.
+/// One sequential pass over Q, four rows at a time.
+#[inline(always)]
+fn scan_items<const FMA: bool>(
+    p: &[f32],
+    q: &[f32],
+    bias: &[f32],
+    exclude: &impl Fn(u32) -> bool,
+    top: &mut TopK,
+) {
+    let k = p.len().max(1);
+    let n = bias.len().min(q.len() / k);
+    let mut i = 0;
+    while i + 4 <= n {
+        let rows = [0, 1, 2, 3].map(|j| &q[(i + j) * k..(i + j + 1) * k]);
+        let d = dot4::<FMA>(p, rows);
+        for (j, dj) in d.iter().enumerate() {
+            let item = (i + j) as u32;
+            if !exclude(item) {
+                top.push(bias[i + j] + dj, item);
+            }
+        }
+        i += 4;
+    }
+    for i in i..n {
+        if !exclude(i as u32) {
+            top.push(bias[i] + dot_k::<FMA>(p, &q[i * k..(i + 1) * k]), i as u32);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn scan_items_avx2(
+    p: &[f32],
+    q: &[f32],
+    bias: &[f32],
+    exclude: &impl Fn(u32) -> bool,
+    top: &mut TopK,
+) {
+    scan_items::<true>(p, q, bias, exclude, top)
 }
 
 #[derive(PartialEq)]
@@ -249,17 +374,26 @@ impl Model {
     /// items for which `exclude` is true. One contiguous pass over Q with a
     /// bounded heap (no full sort). Scores are clamped predictions.
     pub fn top_n(&self, u: u32, n: usize, exclude: impl Fn(u32) -> bool) -> Vec<(u32, f32)> {
-        let k = self.factors();
         let p = self.user_row(u);
         let q = self.item_factors.as_slice().expect("row-major factors");
         let bias = self.item_bias.as_slice().expect("contiguous biases");
         let mut top = TopK::new(n);
-        for (i, (row, &b)) in q.chunks_exact(k.max(1)).zip(bias).enumerate() {
-            let i = i as u32;
-            if exclude(i) {
-                continue;
+        if p.is_empty() {
+            for (i, &b) in bias.iter().enumerate() {
+                if !exclude(i as u32) {
+                    top.push(b, i as u32);
+                }
             }
-            top.push(b + dot(p, row), i);
+        } else {
+            #[cfg(target_arch = "x86_64")]
+            if has_avx2_fma() {
+                // SAFETY: the CPU has the features the function is compiled for.
+                unsafe { scan_items_avx2(p, q, bias, &exclude, &mut top) };
+            } else {
+                scan_items::<false>(p, q, bias, &exclude, &mut top);
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            scan_items::<false>(p, q, bias, &exclude, &mut top);
         }
         let base = self.global_mean + self.user_bias[u as usize];
         top.into_sorted()

@@ -2,9 +2,9 @@
 
 mod funk;
 mod gd;
-mod sgd;
+pub mod sgd;
 
-use super::data::{mean_of, Dataset, Rating};
+use super::data::{mean_of, Dataset, IdMap, Rating};
 use super::error::EngineError;
 use super::model::{EpochStats, Model};
 use super::params::{Hyper, TrainerKind};
@@ -23,49 +23,112 @@ pub type EpochCallback<'a> = dyn FnMut(&EpochStats) -> ControlFlow<()> + 'a;
 ///
 /// `validation` ratings use the same id maps as `data`; indices outside them
 /// count as unknown. The callback sees every epoch's loss and RMSEs.
+/// The ratings are copied (the trainers reorder them); use [`train_in_place`]
+/// to train on an owned dataset without the copy.
 pub fn train(
     data: &Dataset,
     hyper: &Hyper,
     validation: Option<&[Rating]>,
     on_epoch: &mut EpochCallback<'_>,
 ) -> Result<Model, EngineError> {
+    let mut ratings = data.ratings.clone();
+    train_ratings(
+        &data.users,
+        &data.items,
+        &mut ratings,
+        hyper,
+        validation,
+        on_epoch,
+    )
+}
+
+/// Like [`train`], but works on `data.ratings` directly (no copy: 12 bytes per
+/// rating in memory); the ratings are left in an unspecified order.
+pub fn train_in_place(
+    data: &mut Dataset,
+    hyper: &Hyper,
+    validation: Option<&[Rating]>,
+    on_epoch: &mut EpochCallback<'_>,
+) -> Result<Model, EngineError> {
+    train_ratings(
+        &data.users,
+        &data.items,
+        &mut data.ratings,
+        hyper,
+        validation,
+        on_epoch,
+    )
+}
+
+/// Trains on `ratings` (indices into `users` and `items`), reordering them.
+pub fn train_ratings(
+    users: &IdMap,
+    items: &IdMap,
+    ratings: &mut [Rating],
+    hyper: &Hyper,
+    validation: Option<&[Rating]>,
+    on_epoch: &mut EpochCallback<'_>,
+) -> Result<Model, EngineError> {
     hyper.validate().map_err(EngineError::InvalidHyper)?;
-    if data.is_empty() {
+    if ratings.is_empty() {
         return Err(EngineError::NoData(
             "the training set has no ratings".into(),
         ));
     }
     let start = Instant::now();
-    let mut model = init_model(data, hyper);
-    let mut ratings = data.ratings.clone();
+    let mut model = init_model_from(users, items, ratings, hyper);
     let mut epochs = Vec::new();
-    let mut report = |model: &Model, epoch: usize, progress: Progress| -> ControlFlow<()> {
+    let n_ratings = ratings.len();
+    match hyper.trainer {
+        TrainerKind::Gd => {
+            let ratings: &[Rating] = ratings;
+            let mut report = reporter(Some(ratings), validation, &mut epochs, on_epoch);
+            gd::run(&mut model, ratings, &mut report);
+        }
+        TrainerKind::Sgd => {
+            let mut report = reporter(None, validation, &mut epochs, on_epoch);
+            sgd::run(&mut model, ratings, validation, &mut report);
+        }
+        TrainerKind::Funk => {
+            let mut report = reporter(None, validation, &mut epochs, on_epoch);
+            funk::run(&mut model, ratings, validation, &mut report);
+        }
+    }
+    model.report.epochs = epochs;
+    model.report.train_seconds = start.elapsed().as_secs_f64();
+    model.report.n_ratings = n_ratings;
+    Ok(model)
+}
+
+type Reporter<'a> = Box<dyn FnMut(&Model, usize, Progress) -> ControlFlow<()> + 'a>;
+
+/// Turns a trainer's [`Progress`] into recorded [`EpochStats`]; `train` is
+/// needed only by trainers that send `Compute` or `Loss`.
+fn reporter<'a, 'c: 'a>(
+    train: Option<&'a [Rating]>,
+    validation: Option<&'a [Rating]>,
+    epochs: &'a mut Vec<EpochStats>,
+    on_epoch: &'a mut EpochCallback<'c>,
+) -> Reporter<'a> {
+    Box::new(move |model: &Model, epoch: usize, progress: Progress| {
+        let full = |model: &Model| {
+            let train = train.expect("this trainer reports full statistics");
+            epoch_stats(model, train, validation, epoch)
+        };
         let stats = match progress {
-            Progress::Compute => epoch_stats(model, &data.ratings, validation, epoch),
             Progress::Loss(loss) => EpochStats {
                 loss,
-                ..epoch_stats(model, &data.ratings, validation, epoch)
+                ..full(model)
             },
             Progress::Full(stats) => stats,
         };
         epochs.push(stats);
         on_epoch(&stats)
-    };
-    match hyper.trainer {
-        TrainerKind::Sgd => sgd::run(&mut model, &mut ratings, &mut report),
-        TrainerKind::Gd => gd::run(&mut model, &ratings, &mut report),
-        TrainerKind::Funk => funk::run(&mut model, &mut ratings, validation, &mut report),
-    }
-    model.report.epochs = epochs;
-    model.report.train_seconds = start.elapsed().as_secs_f64();
-    model.report.n_ratings = data.len();
-    Ok(model)
+    })
 }
 
 /// What a trainer hands the reporter after an epoch.
 pub(crate) enum Progress {
-    /// Compute loss and RMSEs from the model.
-    Compute,
     /// The trainer knows the exact (f64) loss; compute the RMSEs.
     Loss(f64),
     /// The trainer computed everything (from its caches).
@@ -73,13 +136,18 @@ pub(crate) enum Progress {
 }
 
 /// Zero biases, μ from the data (if biased), N(0, init_std²) factors, item popularity.
-pub(crate) fn init_model(data: &Dataset, hyper: &Hyper) -> Model {
+pub(crate) fn init_model_from(
+    users: &IdMap,
+    items: &IdMap,
+    ratings: &[Rating],
+    hyper: &Hyper,
+) -> Model {
     let mu = if hyper.biased {
-        mean_of(&data.ratings) as f32
+        mean_of(ratings) as f32
     } else {
         0.0
     };
-    let mut model = Model::zeros(hyper.clone(), data.users.clone(), data.items.clone(), mu);
+    let mut model = Model::zeros(hyper.clone(), users.clone(), items.clone(), mu);
     let mut rng = ChaCha8Rng::seed_from_u64(hyper.seed);
     if hyper.init_std > 0.0 {
         let normal = Normal::new(0.0f32, hyper.init_std).expect("finite std");
@@ -90,7 +158,7 @@ pub(crate) fn init_model(data: &Dataset, hyper: &Hyper) -> Model {
             *x = normal.sample(&mut rng);
         }
     }
-    for r in &data.ratings {
+    for r in ratings {
         model.item_counts[r.item as usize] += 1;
         model.item_sums[r.item as usize] += r.value as f64;
     }
@@ -104,12 +172,22 @@ pub(crate) fn epoch_stats(
     validation: Option<&[Rating]>,
     epoch: usize,
 ) -> EpochStats {
-    let h = &model.hyper;
+    epoch_stats_par(model, train, validation, epoch, 1)
+}
+
+/// Σe² of the unclamped predictions over `ratings`.
+fn sse_of(model: &Model, ratings: &[Rating]) -> f64 {
     let mut sse = 0.0f64;
-    for r in train {
+    for r in ratings {
         let e = r.value as f64 - model.raw_predict(Some(r.user), Some(r.item)) as f64;
         sse += e * e;
     }
+    sse
+}
+
+/// ½λΣ‖θ‖² times two: λ(‖P‖² + ‖Q‖²) (+ λ_b(‖b_u‖² + ‖b_i‖²) when biased).
+pub(crate) fn penalty(model: &Model) -> f64 {
+    let h = &model.hyper;
     let sq = |xs: &[f32]| -> f64 { xs.iter().map(|&x| x as f64 * x as f64).sum() };
     let mut penalty = h.reg as f64
         * (sq(model.user_factors.as_slice().unwrap()) + sq(model.item_factors.as_slice().unwrap()));
@@ -117,9 +195,37 @@ pub(crate) fn epoch_stats(
         penalty += h.reg_bias as f64
             * (sq(model.user_bias.as_slice().unwrap()) + sq(model.item_bias.as_slice().unwrap()));
     }
+    penalty
+}
+
+/// [`epoch_stats`] with the training error summed on `threads` threads (fixed
+/// chunks, summed in order, so the result does not depend on timing).
+pub(crate) fn epoch_stats_par(
+    model: &Model,
+    train: &[Rating],
+    validation: Option<&[Rating]>,
+    epoch: usize,
+    threads: usize,
+) -> EpochStats {
+    let threads = threads.clamp(1, 64);
+    let sse = if threads == 1 || train.len() < 100_000 {
+        sse_of(model, train)
+    } else {
+        let chunk = train.len().div_ceil(threads);
+        std::thread::scope(|s| {
+            let parts: Vec<_> = train
+                .chunks(chunk)
+                .map(|c| s.spawn(move || sse_of(model, c)))
+                .collect();
+            parts
+                .into_iter()
+                .map(|h| h.join().expect("stats thread"))
+                .sum::<f64>()
+        })
+    };
     EpochStats {
         epoch,
-        loss: 0.5 * (sse + penalty),
+        loss: 0.5 * (sse + penalty(model)),
         train_rmse: (sse / train.len().max(1) as f64).sqrt(),
         validation_rmse: validation.map(|v| rmse_of(model, v)),
     }
