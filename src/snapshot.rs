@@ -1,5 +1,6 @@
 //! Model snapshots: the immutable served model, its atomic publication, and its files on disk.
 
+use crate::engine::topn::ItemIndex;
 use crate::engine::{self, Model};
 use crate::store::{ModelRow, Store};
 use arc_swap::ArcSwapOption;
@@ -14,6 +15,8 @@ pub struct Snapshot {
     /// RFC 3339, UTC.
     pub trained_at: String,
     pub model: Model,
+    /// Compact copy of the item factors for fast exact top-N (built from `model`).
+    pub index: ItemIndex,
     /// RMSE on the held-out sample (None when nothing was held out).
     pub holdout_rmse: Option<f64>,
     pub n_holdout: usize,
@@ -129,6 +132,7 @@ pub async fn load_newest(store: &Store, dir: &Path) -> anyhow::Result<(Option<Sn
                     n_ratings_total: row
                         .map(|r| r.n_ratings as u64)
                         .unwrap_or(model.report.n_ratings as u64),
+                    index: ItemIndex::new(&model),
                     model,
                 };
                 return Ok((Some(snapshot), max_seen));

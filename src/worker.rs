@@ -1,6 +1,7 @@
 //! Background training: retrain policy, one run at a time, holdout split, snapshot publication.
 
 use crate::config::Settings;
+use crate::engine::topn::ItemIndex;
 use crate::engine::{self, Dataset, Rating};
 use crate::snapshot::{self, Serving, Snapshot};
 use crate::store::{Store, TrainingRows};
@@ -279,6 +280,7 @@ impl Worker {
             Ok(Some(Snapshot {
                 version,
                 trained_at: snapshot::rfc3339(time::OffsetDateTime::now_utc()),
+                index: ItemIndex::new(&model),
                 model,
                 holdout_rmse,
                 n_holdout: holdout.len(),

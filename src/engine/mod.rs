@@ -9,6 +9,7 @@ pub mod params;
 pub mod persist;
 pub mod svd;
 pub mod synth;
+pub mod topn;
 pub mod train;
 
 pub use data::{Dataset, IdMap, Rating};

@@ -208,6 +208,36 @@ unsafe fn scan_items_avx2(
     scan_items::<true>(p, q, bias, exclude, top)
 }
 
+/// p·q_i computed exactly as [`Model::top_n`]'s scan computes it (same kernel,
+/// same rounding), for rescoring single items; `n` is the number of items.
+#[inline(always)]
+fn item_dot<const FMA: bool>(p: &[f32], q: &[f32], i: usize, n: usize) -> f32 {
+    let k = p.len().max(1);
+    let row = &q[i * k..(i + 1) * k];
+    if i < n / 4 * 4 {
+        dot4::<FMA>(p, [row; 4])[0]
+    } else {
+        dot_k::<FMA>(p, row)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn item_dot_avx2(p: &[f32], q: &[f32], i: usize, n: usize) -> f32 {
+    item_dot::<true>(p, q, i, n)
+}
+
+/// b_i + p·q_i, bit-identical to the score [`Model::top_n`] ranks by.
+pub(crate) fn scan_score(p: &[f32], q: &[f32], bias: &[f32], i: usize) -> f32 {
+    let n = bias.len().min(q.len() / p.len().max(1));
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2_fma() {
+        // SAFETY: the CPU has the features the function is compiled for.
+        return bias[i] + unsafe { item_dot_avx2(p, q, i, n) };
+    }
+    bias[i] + item_dot::<false>(p, q, i, n)
+}
+
 #[derive(PartialEq)]
 struct Scored(f32, u32);
 impl Eq for Scored {}

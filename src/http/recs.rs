@@ -65,7 +65,7 @@ pub async fn recommendations(
             let m = &snap.model;
             let seen: HashSet<u32> = rated.iter().filter_map(|i| m.items.get(i)).collect();
             let (fallback, list) = match m.users.get(user.as_str()) {
-                Some(u) => (false, m.top_n(u, n, |i| seen.contains(&i))),
+                Some(u) => (false, snap.index.top_n(m, u, n, |i| seen.contains(&i))),
                 None => (true, m.popular(n, |i| seen.contains(&i))),
             };
             let named = list.into_iter().map(|(i, s)| (m.items.id(i).to_owned(), s));
