@@ -124,7 +124,7 @@ struct Batch {
 }
 
 fn batch_items(client: usize, b: usize) -> Vec<(String, f64)> {
-    (0..(5 + b % 17))
+    (0..(20 + b % 81))
         .map(|k| (format!("b{b}-{k}"), ((client + b + k) % 5 + 1) as f64))
         .collect()
 }
