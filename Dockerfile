@@ -1,7 +1,11 @@
 # syntax=docker/dockerfile:1
 # Multi-stage build of the funkrec service.
 #   docker build -t funkrec .
-#   docker run -p 8080:8080 -v funkrec-data:/var/lib/funkrec funkrec
+#   docker run -p 8080:8080 -v funkrec-data:/var/lib/funkrec \
+#     -e FUNKREC__AUTH__KEYS_FILE=/run/secrets/funkrec-keys -v ./keys:/run/secrets/funkrec-keys:ro funkrec
+# The image listens on 0.0.0.0, so it refuses to start without API keys
+# (FUNKREC__AUTH__KEYS="admin:KEY,read:KEY2" or FUNKREC__AUTH__KEYS_FILE, one role:key
+# per line) unless FUNKREC__AUTH__ALLOW_OPEN=true. See docs/api.md, "Access control".
 # Where no registry is reachable, build the two base images locally
 # (scripts/container-base.sh) and pass them as build args.
 ARG RUST_IMAGE=rust:1-bookworm
@@ -31,6 +35,8 @@ RUN groupadd --system --gid 10001 funkrec \
 COPY --from=build /usr/local/bin/funkrec /usr/local/bin/funkrec
 COPY config/ /etc/funkrec/
 # Inside the container: listen on all interfaces, keep data in the volume.
+# Secure by default: no keys are baked in and allow_open stays false, so a run
+# must bring its keys (or bind loopback, or opt in to open access explicitly).
 ENV FUNKREC__SERVER__BIND=0.0.0.0:8080 \
     FUNKREC__STORAGE__DATA_DIR=/var/lib/funkrec \
     RUST_LOG=info

@@ -11,6 +11,10 @@ NAME=funkrec-smoke-$$
 VOLUME=funkrec-smoke-data-$$
 PORT=${SMOKE_PORT:-18080}
 BASE="http://127.0.0.1:$PORT"
+# API keys through the environment, as a deployment would pass them (the loopback
+# bind alone would also allow starting without keys).
+ADMIN_KEY=smoke-admin-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
+AUTH=(-H "Authorization: Bearer $ADMIN_KEY")
 
 build_args=$(scripts/container-base.sh)
 echo "== podman build ($build_args)"
@@ -26,6 +30,7 @@ trap cleanup EXIT
 start() {
   "${PODMAN[@]}" run -d --name "$NAME" --network host \
     -e FUNKREC__SERVER__BIND=127.0.0.1:$PORT \
+    -e FUNKREC__AUTH__KEYS="admin:$ADMIN_KEY" \
     -v "$VOLUME:/var/lib/funkrec" "$IMAGE" >/dev/null
   for _ in $(seq 1 60); do
     if curl -fsS "$BASE/healthz" >/dev/null 2>&1; then return 0; fi
@@ -47,9 +52,12 @@ check() { # check NAME EXPECTED_STATUS CURL_ARGS...
 echo "== run"
 start
 check healthz 200 "$BASE/healthz"
-check "post rating" 201 -X POST "$BASE/v1/ratings" -H 'content-type: application/json' \
+check "post rating without key" 401 -X POST "$BASE/v1/ratings" -H 'content-type: application/json' \
   -d '{"user":"alice","item":"matrix","rating":5}'
-check recommendations 200 "$BASE/v1/users/alice/recommendations?n=5"
+check "post rating" 201 -X POST "$BASE/v1/ratings" -H 'content-type: application/json' \
+  "${AUTH[@]}" -d '{"user":"alice","item":"matrix","rating":5}'
+check recommendations 200 "${AUTH[@]}" "$BASE/v1/users/alice/recommendations?n=5"
+check metrics 200 "$BASE/metrics"
 # The image's own HEALTHCHECK command works inside the container.
 if "${PODMAN[@]}" healthcheck run "$NAME"; then
   echo "ok   container healthcheck"
@@ -60,7 +68,7 @@ fi
 echo "== restart: the rating must persist in the volume"
 "${PODMAN[@]}" rm -f "$NAME" >/dev/null
 start
-check "ratings after restart" 200 "$BASE/v1/users/alice/ratings"
+check "ratings after restart" 200 "${AUTH[@]}" "$BASE/v1/users/alice/ratings"
 grep -q '"matrix"' /tmp/smoke-body.$$ || { echo "FAIL rating lost across restart"; exit 1; }
 rm -f /tmp/smoke-body.$$
 echo "container smoke test passed"

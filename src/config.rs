@@ -1,5 +1,6 @@
 //! Layered configuration: built-in `config/default.toml`, an optional file, then `FUNKREC__*` env vars.
 
+use crate::auth::ApiKeys;
 use crate::engine::Hyper;
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
@@ -18,6 +19,7 @@ pub struct Settings {
     /// Engine hyperparameters (the worker's thread budget is `model.threads`).
     pub model: Hyper,
     pub log: LogSettings,
+    pub auth: AuthSettings,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -31,6 +33,25 @@ pub struct ServerSettings {
     pub max_page_size: u32,
     pub default_n: usize,
     pub max_n: usize,
+    /// Requests handled at once (all routes but the probes and /metrics); more
+    /// are shed with `503 overloaded` instead of queueing.
+    pub max_concurrent_requests: usize,
+    /// `Retry-After` seconds sent with `503 overloaded`.
+    pub retry_after_secs: u64,
+}
+
+/// Access control. `Debug` and `Serialize` never show a key (only digests are kept).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    /// `role:key` entries (TOML list, or one comma-separated string in
+    /// `FUNKREC__AUTH__KEYS`). The keys of `keys_file` are added on load.
+    pub keys: ApiKeys,
+    /// A file with one `role:key` per line (`#` comments); empty = none.
+    pub keys_file: String,
+    /// Allow listening on a non-loopback address without any key (everyone may
+    /// read, write and retrain). Off by default: the server refuses to start.
+    pub allow_open: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -96,13 +117,61 @@ impl Settings {
                 .separator("__")
                 .source(env),
         );
-        let settings: Settings = b
+        let mut settings: Settings = b
             .build()
             .context("reading configuration")?
             .try_deserialize()
             .context("invalid configuration")?;
+        settings.load_keys_file()?;
         settings.validate()?;
         Ok(settings)
+    }
+
+    /// Adds the keys of `auth.keys_file` (if set) to `auth.keys`.
+    fn load_keys_file(&mut self) -> anyhow::Result<()> {
+        let path = self.auth.keys_file.trim();
+        if path.is_empty() {
+            return Ok(());
+        }
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("auth.keys_file: reading {path}"))?;
+        let keys = ApiKeys::parse_file_content(&text)
+            .map_err(|e| anyhow::anyhow!("auth.keys_file {path}: {e}"))?;
+        self.auth
+            .keys
+            .extend(keys)
+            .map_err(|e| anyhow::anyhow!("auth.keys_file {path}: {e}"))
+    }
+
+    /// Whether serving on `addrs` (the resolved `server.bind`) is safe: with no API
+    /// keys only loopback addresses are, unless `auth.allow_open` says otherwise.
+    /// Ok carries a warning to log when the API is open.
+    pub fn check_exposure(&self, addrs: &[std::net::SocketAddr]) -> anyhow::Result<Option<String>> {
+        if !self.auth.keys.is_empty() {
+            return Ok(None);
+        }
+        let loopback = !addrs.is_empty() && addrs.iter().all(|a| a.ip().is_loopback());
+        if loopback {
+            return Ok(Some(format!(
+                "no API keys configured: the API is open to every local process on {} \
+                 (set auth.keys or auth.keys_file before exposing it)",
+                self.server.bind
+            )));
+        }
+        if self.auth.allow_open {
+            return Ok(Some(format!(
+                "no API keys configured and auth.allow_open = true: anyone who can reach {} \
+                 may read, write ratings and retrain",
+                self.server.bind
+            )));
+        }
+        bail!(
+            "refusing to listen on the non-loopback address {} without API keys: configure \
+             auth.keys (FUNKREC__AUTH__KEYS) or auth.keys_file (FUNKREC__AUTH__KEYS_FILE), \
+             or set auth.allow_open = true (FUNKREC__AUTH__ALLOW_OPEN=true) to serve without \
+             authentication",
+            self.server.bind
+        )
     }
 
     /// Checks values serde cannot (ranges, consistency).
@@ -119,6 +188,9 @@ impl Settings {
         }
         if s.default_n == 0 || s.default_n > s.max_n {
             bail!("server: need 0 < default_n <= max_n");
+        }
+        if s.max_concurrent_requests == 0 {
+            bail!("server: max_concurrent_requests must be > 0");
         }
         let t = &self.training;
         if !(0.0..0.5).contains(&t.holdout_fraction) {
@@ -216,5 +288,64 @@ mod tests {
         assert!(Settings::load_from(None, env(&[("FUNKREC__SERVER__MAX_BATCH", "x")])).is_err());
         assert!(Settings::load_from(None, env(&[("FUNKREC__SERVER__NOPE", "1")])).is_err());
         assert!(Settings::load_from(Some(Path::new("/nonexistent.toml")), env(&[])).is_err());
+    }
+
+    const ADMIN: &str = "admin-0123456789abcdef";
+    const READER: &str = "reader-0123456789abcdef";
+
+    #[test]
+    fn keys_from_env_and_file_and_debug_redacts_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("keys");
+        std::fs::write(&f, format!("# ops keys\nread:{READER}\n")).unwrap();
+        let admin_spec = format!("admin:{ADMIN}");
+        let s = Settings::load_from(
+            None,
+            env(&[
+                ("FUNKREC__AUTH__KEYS", admin_spec.as_str()),
+                ("FUNKREC__AUTH__KEYS_FILE", f.to_str().unwrap()),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.auth.keys.len(), 2);
+        assert_eq!(s.auth.keys.role_of(ADMIN), Some(crate::auth::Role::Admin));
+        assert_eq!(s.auth.keys.role_of(READER), Some(crate::auth::Role::Read));
+        let dbg = format!("{s:?} {s:#?}");
+        assert!(!dbg.contains(ADMIN) && !dbg.contains(READER), "{dbg}");
+        let json = serde_json::to_string(&s).unwrap();
+        assert!(!json.contains(ADMIN) && !json.contains(READER), "{json}");
+        // a TOML list works too; a missing file or a bad key refuses to load
+        let t = dir.path().join("c.toml");
+        std::fs::write(&t, format!("[auth]\nkeys = [\"write:{ADMIN}\"]\n")).unwrap();
+        let s = Settings::load_from(Some(&t), env(&[])).unwrap();
+        assert_eq!(s.auth.keys.role_of(ADMIN), Some(crate::auth::Role::Write));
+        assert!(
+            Settings::load_from(None, env(&[("FUNKREC__AUTH__KEYS_FILE", "/nonexistent")]))
+                .is_err()
+        );
+        let e =
+            Settings::load_from(None, env(&[("FUNKREC__AUTH__KEYS", "admin:short")])).unwrap_err();
+        assert!(!format!("{e:#}").contains("short"), "{e:#}");
+    }
+
+    #[test]
+    fn exposure_needs_keys_or_allow_open() {
+        let addr = |s: &str| vec![s.parse::<std::net::SocketAddr>().unwrap()];
+        let mut s = Settings::default();
+        assert!(!s.auth.allow_open && s.auth.keys.is_empty());
+        // loopback without keys: allowed, with a warning
+        assert!(s.check_exposure(&addr("127.0.0.1:8080")).unwrap().is_some());
+        assert!(s.check_exposure(&addr("[::1]:8080")).unwrap().is_some());
+        // anything else without keys: refused, unless allow_open
+        let e = s.check_exposure(&addr("0.0.0.0:8080")).unwrap_err();
+        assert!(e.to_string().contains("allow_open"), "{e}");
+        assert!(s.check_exposure(&addr("10.1.2.3:8080")).is_err());
+        assert!(s.check_exposure(&[]).is_err());
+        s.auth.allow_open = true;
+        assert!(s.check_exposure(&addr("0.0.0.0:8080")).unwrap().is_some());
+        // with keys: anywhere, no warning
+        s.auth.allow_open = false;
+        s.auth.keys = crate::auth::ApiKeys::parse_all([format!("read:{READER}").as_str()]).unwrap();
+        assert!(s.check_exposure(&addr("0.0.0.0:8080")).unwrap().is_none());
     }
 }

@@ -2,7 +2,7 @@
 
 use crate::domain::DomainError;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
-use axum::http::StatusCode;
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
@@ -40,6 +40,15 @@ pub enum ApiError {
     Timeout,
     #[error("{0}")]
     Unavailable(String),
+    /// No key, or a key that is not configured. Sent with `WWW-Authenticate: Bearer`.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// A valid key whose role is too low for the endpoint.
+    #[error("{0}")]
+    Forbidden(String),
+    /// Shed by the concurrency limit; the field is the `Retry-After` in seconds.
+    #[error("the server is at its concurrency limit; retry later")]
+    Overloaded(u64),
     /// Details are logged, never sent to the client.
     #[error("internal error: {0}")]
     Internal(String),
@@ -67,6 +76,9 @@ impl ApiError {
             MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Timeout => (StatusCode::SERVICE_UNAVAILABLE, "timeout"),
             Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            Overloaded(_) => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
             Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -111,7 +123,21 @@ impl IntoResponse for ApiError {
             tracing::error!(code, error = %self, "request failed");
         }
         let body = json!({"error": {"code": code, "message": self.public_message()}});
-        (status, Json(body)).into_response()
+        let mut res = (status, Json(body)).into_response();
+        match self {
+            ApiError::Unauthorized(_) => {
+                res.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"funkrec\""),
+                );
+            }
+            ApiError::Overloaded(secs) => {
+                res.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            }
+            _ => {}
+        }
+        res
     }
 }
 
@@ -197,6 +223,24 @@ mod tests {
         assert_eq!(s, 422);
         assert_eq!(v["error"]["code"], "invalid_id");
         assert_eq!(v["error"]["message"], "user id must not be empty");
+    }
+
+    #[tokio::test]
+    async fn auth_and_overload_errors_carry_their_headers() {
+        let r = ApiError::Unauthorized("missing key".into()).into_response();
+        assert_eq!(r.status(), 401);
+        assert_eq!(
+            r.headers()[header::WWW_AUTHENTICATE],
+            "Bearer realm=\"funkrec\""
+        );
+        let r = ApiError::Overloaded(3).into_response();
+        assert_eq!(r.status(), 503);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "3");
+        let (s, v) = body_of(ApiError::Forbidden("needs admin".into())).await;
+        assert_eq!(
+            (s.as_u16(), v["error"]["code"].as_str()),
+            (403, Some("forbidden"))
+        );
     }
 
     #[test]

@@ -1,10 +1,12 @@
 //! funkrec: Funk-SVD matrix factorisation learned by gradient descent, served over HTTP.
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod engine;
 pub mod error;
 pub mod http;
+pub mod metrics;
 pub mod service;
 pub mod snapshot;
 pub mod startup;

@@ -2,6 +2,7 @@
 
 use crate::config::Settings;
 use crate::http::{self, AppState};
+use crate::metrics::Metrics;
 use crate::snapshot::{self, Serving};
 use crate::store::Store;
 use crate::worker::{Worker, WorkerTask};
@@ -36,9 +37,7 @@ impl Application {
                 "no model snapshot yet: serving fallbacks until the first training run"
             ),
         }
-        let listener = TcpListener::bind(&settings.server.bind)
-            .await
-            .with_context(|| format!("binding {}", settings.server.bind))?;
+        let listener = bind(&settings).await?;
         let addr = listener.local_addr()?;
         let (worker, worker_task) = Worker::start(
             settings.clone(),
@@ -52,6 +51,7 @@ impl Application {
             store,
             serving,
             worker,
+            metrics: Arc::new(Metrics::new()),
         };
         Ok(Application {
             listener,
@@ -97,6 +97,24 @@ impl Application {
         store.close().await;
         served.context("serving HTTP")
     }
+}
+
+/// Binds `server.bind` after checking it is safe to serve there: without API
+/// keys only a loopback address is, unless `auth.allow_open` (see
+/// [`Settings::check_exposure`]). Refuses before anything listens.
+async fn bind(settings: &Settings) -> anyhow::Result<TcpListener> {
+    let bind = &settings.server.bind;
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(bind)
+        .await
+        .with_context(|| format!("resolving server.bind {bind}"))?
+        .collect();
+    match settings.check_exposure(&addrs)? {
+        Some(warning) => tracing::warn!("{warning}"),
+        None => tracing::info!(keys = %settings.auth.keys.summary(), "API keys required"),
+    }
+    TcpListener::bind(addrs.as_slice())
+        .await
+        .with_context(|| format!("binding {bind}"))
 }
 
 /// Completes on Ctrl-C or SIGTERM.

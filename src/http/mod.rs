@@ -1,16 +1,21 @@
-//! The HTTP API: routes, shared state and the middleware stack (limits, request ids, tracing).
+//! The HTTP API: routes, shared state and the middleware stack (auth, limits,
+//! metrics, request ids, tracing).
 
+pub mod auth;
 mod extract;
 mod health;
+mod metrics;
 mod model;
 mod ratings;
 mod recs;
 
 use crate::config::Settings;
 use crate::error::ApiError;
+use crate::metrics::Metrics;
 use crate::snapshot::Serving;
 use crate::store::Store;
 use crate::worker::Worker;
+use axum::error_handling::HandleErrorLayer;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{header, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -18,7 +23,10 @@ use axum::routing::{delete, get, post};
 use axum::Router;
 use std::sync::Arc;
 use std::time::Duration;
-use tower::ServiceBuilder;
+use tower::limit::GlobalConcurrencyLimitLayer;
+use tower::load_shed::error::Overloaded;
+use tower::load_shed::LoadShedLayer;
+use tower::{BoxError, ServiceBuilder};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -32,6 +40,7 @@ pub struct AppState {
     pub store: Store,
     pub serving: Arc<Serving>,
     pub worker: Worker,
+    pub metrics: Arc<Metrics>,
 }
 
 impl AppState {
@@ -49,13 +58,10 @@ impl AppState {
     }
 }
 
-/// The full application router with its middleware.
-pub fn router(state: AppState) -> Router {
-    let limit = state.settings.server.body_limit_bytes;
-    let timeout = Duration::from_secs(state.settings.server.request_timeout_secs);
+/// The `/v1` API: every route needs a key when keys are configured
+/// ([`auth::require_key`]) and counts against `server.max_concurrent_requests`.
+fn api_routes() -> Router<AppState> {
     Router::new()
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
         .route("/v1/ratings", post(ratings::post_ratings))
         .route("/v1/users/{user}/ratings", get(ratings::list_ratings))
         .route(
@@ -70,10 +76,53 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/items/{item}/similar", get(recs::similar))
         .route("/v1/model", get(model::get_model))
         .route("/v1/model/train", post(model::train))
+}
+
+/// Probes and metrics: open, and not subject to the concurrency limit (they must
+/// answer while the API sheds load).
+fn ops_routes() -> Router<AppState> {
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(metrics::metrics))
+}
+
+/// The full application router with its middleware.
+pub fn router(state: AppState) -> Router {
+    let server = &state.settings.server;
+    let limit = server.body_limit_bytes;
+    let timeout = Duration::from_secs(server.request_timeout_secs);
+    let retry_after = server.retry_after_secs;
+    // One semaphore shared by every API route (a plain ConcurrencyLimitLayer
+    // would give each route its own). A request that finds no permit is not
+    // queued: LoadShed fails it at once and HandleError turns that into 503.
+    let concurrency = GlobalConcurrencyLimitLayer::new(server.max_concurrent_requests);
+    let api = api_routes()
+        // set before the layers: it only reaches method routers not yet layered
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_key,
+        ))
+        .layer(
+            ServiceBuilder::new()
+                .layer(HandleErrorLayer::new(move |e: BoxError| async move {
+                    if e.is::<Overloaded>() {
+                        ApiError::Overloaded(retry_after)
+                    } else {
+                        ApiError::Internal(format!("middleware: {e}"))
+                    }
+                }))
+                .layer(LoadShedLayer::new())
+                .layer(concurrency),
+        );
+    Router::new()
+        .merge(ops_routes())
+        .merge(api)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
-        .with_state(state)
+        .with_state(state.clone())
         // Innermost first: each `layer` call wraps everything above it.
         .layer(
             ServiceBuilder::new()
@@ -89,10 +138,16 @@ pub fn router(state: AppState) -> Router {
                 )),
         )
         .layer(axum::middleware::map_response(json_errors))
+        .layer(axum::middleware::from_fn_with_state(
+            state.metrics.clone(),
+            metrics::track,
+        ))
         .layer(
             ServiceBuilder::new()
                 .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
                 .layer(
+                    // Records method, URI and request id only: never request
+                    // headers (Authorization carries the API key).
                     TraceLayer::new_for_http()
                         .make_span_with(|req: &Request<axum::body::Body>| {
                             let id = req
@@ -104,7 +159,8 @@ pub fn router(state: AppState) -> Router {
                                 "request",
                                 method = %req.method(),
                                 uri = %req.uri(),
-                                request_id = %id
+                                request_id = %id,
+                                role = tracing::field::Empty,
                             )
                         })
                         .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)),

@@ -3,6 +3,7 @@
 mod helpers;
 
 mod errors;
+mod guard;
 mod import;
 mod lifecycle;
 mod ratings;
