@@ -1,12 +1,21 @@
 //! Domain types parsed at the edge: user and item ids, rating values, incoming ratings.
 
 use crate::engine::Scale;
+use crate::error::ApiError;
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::borrow::Cow;
 use std::fmt;
+use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
+use utoipa::openapi::RefOr;
 
 /// Longest id accepted, in characters.
 pub const MAX_ID_CHARS: usize = 128;
+
+/// The id rule as an ECMA-262 / Python regular expression (for the OpenAPI document):
+/// no control character (Unicode category Cc = U+0000–U+001F, U+007F–U+009F).
+pub const ID_PATTERN: &str = r"^[^\u0000-\u001F\u007F-\u009F]*$";
 
 /// Why an id or a rating was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,16 +140,153 @@ impl<'de> Deserialize<'de> for RawId {
     }
 }
 
+/// The string form of an id in the OpenAPI document (path segments and JSON strings).
+pub fn id_string_schema() -> ObjectBuilder {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .min_length(Some(1))
+        .max_length(Some(MAX_ID_CHARS))
+        .pattern(Some(ID_PATTERN))
+}
+
+impl utoipa::PartialSchema for RawId {
+    fn schema() -> RefOr<Schema> {
+        OneOfBuilder::new()
+            .description(Some(
+                "1–128 characters without control characters, or an integer \
+                 (normalised to its decimal string)",
+            ))
+            .item(id_string_schema())
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::Integer)
+                    .minimum(Some(i64::MIN as isize))
+                    .maximum(Some(u64::MAX as usize)),
+            )
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for RawId {
+    fn name() -> Cow<'static, str> {
+        Cow::Borrowed("Id")
+    }
+}
+
 /// One rating as posted (before validation). Unknown fields are refused.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RatingInput {
     pub user: RawId,
     pub item: RawId,
+    /// Finite, inside the configured scale `[model.scale.min, model.scale.max]`.
     pub rating: f64,
     /// Unix seconds; the server's clock when absent.
     #[serde(default)]
+    #[schema(minimum = -9223372036854775808i64, maximum = 9223372036854775807i64)]
     pub timestamp: Option<i64>,
+}
+
+/// A batch of ratings (schema only: the handler reads the body as [`Value`] first so that
+/// it can tell a single rating from a batch and name the failing entry).
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RatingBatch {
+    /// 1 … `server.max_batch` ratings; all-or-nothing, the last rating of a repeated
+    /// (user, item) pair wins.
+    #[schema(min_items = 1)]
+    pub ratings: Vec<RatingInput>,
+}
+
+/// The body of `POST /v1/ratings`: one rating or a batch.
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum RatingsBody {
+    One(RatingInput),
+    Batch(RatingBatch),
+}
+
+/// The limits `POST /v1/ratings` validates against.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BodyLimits {
+    pub max_batch: usize,
+    pub scale: Scale,
+}
+
+/// Everything `POST /v1/ratings` does with the bytes of a request body, short of storing:
+/// JSON syntax, shape (single rating or `{"ratings": [...]}`), batch size, ids and values.
+/// `now` fills in absent timestamps. Errors are the ones the API answers with.
+pub fn parse_ratings_body(
+    body: &[u8],
+    limits: &BodyLimits,
+    now: i64,
+) -> Result<Vec<NewRating>, ApiError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::MalformedJson(format!("the body is not valid JSON: {e}")))?;
+    let (raw, batch) = rating_inputs(value, limits.max_batch)?;
+    raw.into_iter()
+        .enumerate()
+        .map(|(i, r)| {
+            NewRating::parse(r, &limits.scale, now).map_err(|e| {
+                if batch {
+                    match e {
+                        DomainError::InvalidId(m) => {
+                            ApiError::InvalidId(format!("ratings[{i}]: {m}"))
+                        }
+                        DomainError::InvalidRating(m) => {
+                            ApiError::InvalidRating(format!("ratings[{i}]: {m}"))
+                        }
+                    }
+                } else {
+                    e.into()
+                }
+            })
+        })
+        .collect()
+}
+
+/// Turns the posted JSON into raw inputs: a single rating object or `{"ratings": [...]}`.
+fn rating_inputs(body: Value, max_batch: usize) -> Result<(Vec<RatingInput>, bool), ApiError> {
+    match body {
+        Value::Object(mut m) if m.contains_key("ratings") => {
+            if m.len() != 1 {
+                let extra: Vec<_> = m.keys().filter(|k| *k != "ratings").cloned().collect();
+                return Err(ApiError::InvalidBody(format!(
+                    "a batch has only the field `ratings`; unknown field(s): {}",
+                    extra.join(", ")
+                )));
+            }
+            let Some(Value::Array(list)) = m.remove("ratings") else {
+                return Err(ApiError::InvalidBody("`ratings` must be an array".into()));
+            };
+            if list.is_empty() {
+                return Err(ApiError::EmptyBatch("`ratings` is empty".into()));
+            }
+            if list.len() > max_batch {
+                return Err(ApiError::BatchTooLarge(format!(
+                    "batch of {} ratings, at most {max_batch} are accepted",
+                    list.len()
+                )));
+            }
+            let parsed = list
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    serde_json::from_value(v)
+                        .map_err(|e| ApiError::InvalidBody(format!("ratings[{i}]: {e}")))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((parsed, true))
+        }
+        v @ Value::Object(_) => {
+            let one =
+                serde_json::from_value(v).map_err(|e| ApiError::InvalidBody(e.to_string()))?;
+            Ok((vec![one], false))
+        }
+        _ => Err(ApiError::InvalidBody(
+            "expected a rating object or {\"ratings\": [...]}".into(),
+        )),
+    }
 }
 
 /// A validated rating, ready for the store.

@@ -3,6 +3,7 @@
 mod extract;
 mod health;
 mod model;
+pub mod openapi;
 mod ratings;
 mod recs;
 
@@ -70,6 +71,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/items/{item}/similar", get(recs::similar))
         .route("/v1/model", get(model::get_model))
         .route("/v1/model/train", post(model::train))
+        .route("/openapi.json", openapi::route(&state.settings))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
