@@ -135,9 +135,60 @@ impl<'de> Deserialize<'de> for RawId {
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<RawId, E> {
                 Ok(RawId(v.to_string()))
             }
+            /// JSON Schema counts `7.0` as an integer, so it is the id `7` too. Only
+            /// within ±(2⁵³−1), where the float is exactly the number written: serde_json
+            /// also hands integers beyond the 64-bit range here, rounded, and those are
+            /// refused rather than silently becoming another id.
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<RawId, E> {
+                match integral_f64(v) {
+                    Some(i) => Ok(RawId(i.to_string())),
+                    None => Err(E::invalid_type(de::Unexpected::Float(v), &self)),
+                }
+            }
         }
         d.deserialize_any(V)
     }
+}
+
+/// Largest integer up to which every integer is exactly an f64 (2⁵³ − 1).
+pub const MAX_SAFE_INTEGER: f64 = 9_007_199_254_740_991.0;
+
+/// `v` as an integer when it is integral and within ±[`MAX_SAFE_INTEGER`].
+fn integral_f64(v: f64) -> Option<i64> {
+    (v.fract() == 0.0 && v.abs() <= MAX_SAFE_INTEGER).then_some(v as i64)
+}
+
+/// An optional `i64` that also takes an integral JSON float (`1700000000.0`) within
+/// ±(2⁵³−1), as JSON Schema's `integer` does.
+fn integral_i64_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    struct V;
+    impl Visitor<'_> for V {
+        type Value = Option<i64>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("an integer (Unix seconds) or null")
+        }
+        fn visit_none<E: de::Error>(self) -> Result<Option<i64>, E> {
+            Ok(None)
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Option<i64>, E> {
+            Ok(None)
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<Option<i64>, E> {
+            Ok(Some(v))
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<Option<i64>, E> {
+            i64::try_from(v)
+                .map(Some)
+                .map_err(|_| E::invalid_value(de::Unexpected::Unsigned(v), &self))
+        }
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<Option<i64>, E> {
+            match integral_f64(v) {
+                Some(i) => Ok(Some(i)),
+                None => Err(E::invalid_type(de::Unexpected::Float(v), &self)),
+            }
+        }
+    }
+    d.deserialize_any(V)
 }
 
 /// The string form of an id in the OpenAPI document (path segments and JSON strings).
@@ -182,7 +233,7 @@ pub struct RatingInput {
     /// Finite, inside the configured scale `[model.scale.min, model.scale.max]`.
     pub rating: f64,
     /// Unix seconds; the server's clock when absent.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "integral_i64_opt")]
     #[schema(minimum = -9223372036854775808i64, maximum = 9223372036854775807i64)]
     pub timestamp: Option<i64>,
 }
