@@ -415,6 +415,18 @@ mod tests {
     }
 
     #[test]
+    fn integral_floats_parse_exactly() {
+        // found by the proptest below: without serde_json's `float_roundtrip` this parsed as
+        // ...817.5 and was refused (and a rating could be off by one ulp)
+        let r: RatingInput = serde_json::from_str(
+            r#"{"user": -3772251820622817.0, "item": 9007199254740991.0, "rating": 3}"#,
+        )
+        .unwrap();
+        assert_eq!(r.user.0, "-3772251820622817");
+        assert_eq!(r.item.0, "9007199254740991");
+    }
+
+    #[test]
     fn ratings() {
         let s = Scale { min: 1.0, max: 5.0 };
         assert_eq!(RatingValue::parse(1.0, &s).unwrap().get(), 1.0);
@@ -444,5 +456,140 @@ mod tests {
             let s = Scale { min: 1.0, max: 5.0 };
             prop_assert_eq!(RatingValue::parse(v, &s).is_ok(), (1.0..=5.0).contains(&v));
         }
+
+        #[test]
+        fn any_f64_accepted_iff_finite_and_in_scale(v in proptest::num::f64::ANY) {
+            let s = Scale { min: 0.5, max: 10.0 };
+            let ok = v.is_finite() && (0.5..=10.0).contains(&v);
+            prop_assert_eq!(RatingValue::parse(v, &s).is_ok(), ok);
+            if let Ok(r) = RatingValue::parse(v, &s) {
+                prop_assert!(s.contains(r.get()), "stored f32 {} left the scale", r.get());
+            }
+        }
+
+        #[test]
+        fn id_length_counts_characters(c in "[^\\p{Cc}]", n in 1usize..200) {
+            let s = c.repeat(n);
+            prop_assert_eq!(UserId::parse(&s).is_ok(), n <= MAX_ID_CHARS);
+        }
+
+        #[test]
+        fn any_string_accepted_iff_rule_holds(s in "\\PC{0,3}[\\x00-\\x{a0}]{0,2}\\PC{0,3}") {
+            let n = s.chars().count();
+            let ok = (1..=MAX_ID_CHARS).contains(&n) && !s.chars().any(char::is_control);
+            prop_assert_eq!(ItemId::parse(&s).is_ok(), ok, "{:?}", s);
+        }
+
+        #[test]
+        fn integer_ids_normalise_to_decimal(i in any::<i64>(), u in any::<u64>()) {
+            let body = format!(r#"{{"user": {i}, "item": {u}, "rating": 3}}"#);
+            let r: RatingInput = serde_json::from_str(&body).unwrap();
+            prop_assert_eq!(r.user.0, i.to_string());
+            prop_assert_eq!(r.item.0, u.to_string());
+        }
+
+        #[test]
+        fn integral_floats_are_integers_within_2_pow_53(i in -(1i64 << 54)..(1i64 << 54)) {
+            let body = format!(r#"{{"user": {i}.0, "item": "x", "rating": 3, "timestamp": {i}.0}}"#);
+            let r = serde_json::from_str::<RatingInput>(&body);
+            if i.unsigned_abs() <= MAX_SAFE_INTEGER as u64 {
+                let r = r.unwrap();
+                prop_assert_eq!(r.user.0, i.to_string());
+                prop_assert_eq!(r.timestamp, Some(i));
+            } else {
+                prop_assert!(r.is_err());
+            }
+        }
+
+        #[test]
+        fn body_parser_never_panics_on_bytes(body in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = parse_ratings_body(&body, &LIMITS, 0);
+        }
+
+        #[test]
+        fn body_parser_accepts_only_valid_ratings(v in json_value()) {
+            let body = serde_json::to_vec(&v).unwrap();
+            match parse_ratings_body(&body, &LIMITS, 5) {
+                Ok(list) => {
+                    prop_assert!(!list.is_empty() && list.len() <= LIMITS.max_batch);
+                    for r in list {
+                        prop_assert!(UserId::parse(r.user.as_str()).is_ok());
+                        prop_assert!(ItemId::parse(r.item.as_str()).is_ok());
+                        prop_assert!(LIMITS.scale.contains(r.value.get()));
+                    }
+                }
+                Err(e) => prop_assert!(matches!(e.status_and_code().0.as_u16(), 400 | 413 | 422)),
+            }
+        }
+
+        #[test]
+        fn valid_batches_roundtrip(
+            rows in proptest::collection::vec(("[^\\p{Cc}]{1,20}", "[^\\p{Cc}]{1,20}", 1.0f64..=5.0, proptest::option::of(any::<i64>())), 1..=8)
+        ) {
+            let batch: Vec<Value> = rows
+                .iter()
+                .map(|(u, i, r, t)| serde_json::json!({"user": u, "item": i, "rating": r, "timestamp": t}))
+                .collect();
+            let body = serde_json::to_vec(&serde_json::json!({ "ratings": batch })).unwrap();
+            let got = parse_ratings_body(&body, &LIMITS, 99).unwrap();
+            prop_assert_eq!(got.len(), rows.len());
+            for (g, (u, i, r, t)) in got.iter().zip(&rows) {
+                prop_assert_eq!(g.user.as_str(), u.as_str());
+                prop_assert_eq!(g.item.as_str(), i.as_str());
+                prop_assert_eq!(g.value.get(), *r as f32);
+                prop_assert_eq!(g.timestamp, t.unwrap_or(99));
+            }
+        }
+    }
+
+    const LIMITS: BodyLimits = BodyLimits {
+        max_batch: 8,
+        scale: Scale { min: 1.0, max: 5.0 },
+    };
+
+    /// JSON values biased towards rating-shaped objects and batches.
+    fn json_value() -> impl Strategy<Value = Value> {
+        use serde_json::json;
+        let id = prop_oneof![
+            "[a-z]{0,3}".prop_map(Value::from),
+            "\\PC{0,4}".prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_map(|f| json!(f)),
+            Just(Value::Null),
+            Just(json!(true)),
+        ];
+        let rating = prop_oneof![
+            (-2.0f64..8.0).prop_map(|f| json!(f)),
+            any::<f64>().prop_map(|f| json!(f)),
+            any::<i64>().prop_map(Value::from),
+            Just(json!("3")),
+            Just(Value::Null),
+        ];
+        let field_sets = proptest::sample::subsequence(
+            vec!["user", "item", "rating", "timestamp", "extra"],
+            0..=5,
+        );
+        let one =
+            (id.clone(), id, rating, any::<i64>(), field_sets).prop_map(|(u, i, r, t, keys)| {
+                let mut m = serde_json::Map::new();
+                for k in keys {
+                    let v = match k {
+                        "user" => u.clone(),
+                        "item" => i.clone(),
+                        "rating" => r.clone(),
+                        "timestamp" => json!(t),
+                        _ => json!(1),
+                    };
+                    m.insert(k.to_owned(), v);
+                }
+                Value::Object(m)
+            });
+        prop_oneof![
+            one.clone(),
+            proptest::collection::vec(one.clone(), 0..12).prop_map(|v| json!({ "ratings": v })),
+            proptest::collection::vec(one, 0..3).prop_map(Value::from),
+            Just(json!({"ratings": 1})),
+            Just(json!(null)),
+        ]
     }
 }

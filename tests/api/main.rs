@@ -3,7 +3,9 @@
 mod helpers;
 
 mod errors;
+mod hostile;
 mod import;
 mod lifecycle;
+mod openapi;
 mod ratings;
 mod recommend;
