@@ -15,12 +15,14 @@ FROM ${RUST_IMAGE} AS build
 WORKDIR /src
 # Dependencies first, in their own layer: only Cargo.toml/Cargo.lock changes rebuild them.
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir src && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
+RUN mkdir src benches && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
+    && echo 'fn main() {}' > benches/kernels.rs \
     && cargo build --release --locked \
-    && rm -rf src
+    && rm -rf src benches
 COPY config ./config
 COPY migrations ./migrations
 COPY src ./src
+COPY benches ./benches
 # Make sure cargo sees the real sources as newer than the placeholder build.
 RUN touch src/main.rs src/lib.rs \
     && cargo build --release --locked --bin funkrec \

@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 const MIN_RATINGS_FOR_HOLDOUT: usize = 20;
 
 /// What the worker is doing, as reported by `/v1/model` and `POST /v1/model/train`.
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct JobStatus {
     /// A run is in progress.
     pub running: bool,

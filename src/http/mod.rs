@@ -6,6 +6,7 @@ mod extract;
 mod health;
 mod metrics;
 mod model;
+pub mod openapi;
 mod ratings;
 mod recs;
 
@@ -119,6 +120,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(ops_routes())
         .merge(api)
+        .route("/openapi.json", openapi::route(&state.settings))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))

@@ -1,99 +1,107 @@
 //! Rating endpoints: ingest (single or batch, all-or-nothing), list a user's ratings, delete one.
 
-use super::extract::{ApiJson, ApiPath, ApiQuery};
+use super::extract::{ApiPath, ApiQuery, JsonBytes};
+use super::openapi::{ErrorBody, PathId};
 use super::AppState;
-use crate::domain::{unix_now, DomainError, ItemId, NewRating, RatingInput, UserId};
+use crate::domain::{parse_ratings_body, unix_now, BodyLimits, ItemId, UserId};
 use crate::error::ApiError;
+use crate::store::StoredRating;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
-fn at(i: usize, e: DomainError) -> ApiError {
-    match e {
-        DomainError::InvalidId(m) => ApiError::InvalidId(format!("ratings[{i}]: {m}")),
-        DomainError::InvalidRating(m) => ApiError::InvalidRating(format!("ratings[{i}]: {m}")),
-    }
-}
-
-/// Turns the posted JSON into raw inputs: a single rating object or `{"ratings": [...]}`.
-fn inputs(body: Value, max_batch: usize) -> Result<(Vec<RatingInput>, bool), ApiError> {
-    match body {
-        Value::Object(mut m) if m.contains_key("ratings") => {
-            if m.len() != 1 {
-                let extra: Vec<_> = m.keys().filter(|k| *k != "ratings").cloned().collect();
-                return Err(ApiError::InvalidBody(format!(
-                    "a batch has only the field `ratings`; unknown field(s): {}",
-                    extra.join(", ")
-                )));
-            }
-            let Some(Value::Array(list)) = m.remove("ratings") else {
-                return Err(ApiError::InvalidBody("`ratings` must be an array".into()));
-            };
-            if list.is_empty() {
-                return Err(ApiError::EmptyBatch("`ratings` is empty".into()));
-            }
-            if list.len() > max_batch {
-                return Err(ApiError::BatchTooLarge(format!(
-                    "batch of {} ratings, at most {max_batch} are accepted",
-                    list.len()
-                )));
-            }
-            let parsed = list
-                .into_iter()
-                .enumerate()
-                .map(|(i, v)| {
-                    serde_json::from_value(v)
-                        .map_err(|e| ApiError::InvalidBody(format!("ratings[{i}]: {e}")))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok((parsed, true))
-        }
-        v @ Value::Object(_) => {
-            let one =
-                serde_json::from_value(v).map_err(|e| ApiError::InvalidBody(e.to_string()))?;
-            Ok((vec![one], false))
-        }
-        _ => Err(ApiError::InvalidBody(
-            "expected a rating object or {\"ratings\": [...]}".into(),
-        )),
-    }
+/// `201` answer of `POST /v1/ratings`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Accepted {
+    /// Ratings in the request (duplicates of a pair inside a batch included).
+    pub accepted: u64,
 }
 
 /// `POST /v1/ratings` — `201 {"accepted": n}` once the transaction committed.
+#[utoipa::path(
+    post,
+    path = "/v1/ratings",
+    tag = "ratings",
+    operation_id = "post_ratings",
+    request_body(
+        content = crate::domain::RatingsBody,
+        content_type = "application/json",
+        description = "One rating, or `{\"ratings\": [...]}` with 1 … `server.max_batch` \
+                       ratings (all-or-nothing). Unknown fields are refused."
+    ),
+    responses(
+        (status = 201, description = "Stored (the transaction committed)", body = Accepted),
+        (status = 400, description = "`malformed_json`: not JSON (syntax, truncation, `NaN`, numbers beyond f64)", body = ErrorBody),
+        (status = 413, description = "`batch_too_large` (more than `server.max_batch` ratings) or `payload_too_large` (body over `server.body_limit_bytes`)", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: missing or non-JSON `Content-Type`", body = ErrorBody),
+        (status = 422, description = "`invalid_body` (wrong shape, types, missing or unknown fields), `invalid_id`, `invalid_rating` or `empty_batch`", body = ErrorBody),
+        (status = 500, description = "`internal`", body = ErrorBody),
+        (status = 503, description = "`timeout` or `unavailable` (database)", body = ErrorBody),
+    )
+)]
 pub async fn post_ratings(
     State(st): State<AppState>,
-    ApiJson(body): ApiJson<Value>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let (raw, batch) = inputs(body, st.settings.server.max_batch)?;
-    let scale = st.settings.model.scale;
-    let now = unix_now();
-    let ratings = raw
-        .into_iter()
-        .enumerate()
-        .map(|(i, r)| {
-            NewRating::parse(r, &scale, now).map_err(|e| if batch { at(i, e) } else { e.into() })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    JsonBytes(body): JsonBytes,
+) -> Result<(StatusCode, Json<Accepted>), ApiError> {
+    let limits = BodyLimits {
+        max_batch: st.settings.server.max_batch,
+        scale: st.settings.model.scale,
+    };
+    let ratings = parse_ratings_body(&body, &limits, unix_now())?;
     st.store.upsert_ratings(&ratings).await?;
     let n = ratings.len() as u64;
     st.worker.record_changes(n);
-    Ok((StatusCode::CREATED, Json(json!({ "accepted": n }))))
+    Ok((StatusCode::CREATED, Json(Accepted { accepted: n })))
 }
 
-#[derive(Deserialize)]
+/// Paging of `GET /v1/users/{user}/ratings`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PageQuery {
+    /// Page size, 1 … `server.max_page_size`; `server.default_page_size` when absent.
+    #[param(minimum = 1)]
     limit: Option<u32>,
+    /// Ratings to skip.
+    #[param(minimum = 0)]
     offset: Option<u64>,
 }
 
+/// One page of a user's ratings.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct RatingsPage {
+    pub user: String,
+    /// All ratings of the user.
+    pub total: u64,
+    pub limit: u32,
+    pub offset: u64,
+    /// Offset of the next page; `null` on the last page.
+    pub next_offset: Option<u64>,
+    pub ratings: Vec<StoredRating>,
+}
+
 /// `GET /v1/users/{user}/ratings?limit=&offset=` — ordered, paged.
+#[utoipa::path(
+    get,
+    path = "/v1/users/{user}/ratings",
+    tag = "ratings",
+    operation_id = "list_ratings",
+    params(("user" = PathId, Path, description = "User id"), PageQuery),
+    responses(
+        (status = 200, description = "A page of the user's ratings, in the order items first appeared", body = RatingsPage),
+        (status = 400, description = "`invalid_query` (bad `limit`/`offset`) or `invalid_path` (not UTF-8 after decoding)", body = ErrorBody),
+        (status = 404, description = "`not_found`: an empty path segment matches no route", body = ErrorBody),
+        (status = 422, description = "`invalid_id`", body = ErrorBody),
+        (status = 500, description = "`internal`", body = ErrorBody),
+        (status = 503, description = "`timeout` or `unavailable`", body = ErrorBody),
+    )
+)]
 pub async fn list_ratings(
     State(st): State<AppState>,
     ApiPath(user): ApiPath<String>,
     ApiQuery(q): ApiQuery<PageQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RatingsPage>, ApiError> {
     let user = UserId::parse(&user)?;
     let s = &st.settings.server;
     let limit = q.limit.unwrap_or(s.default_page_size);
@@ -105,19 +113,37 @@ pub async fn list_ratings(
     }
     let offset = q.offset.unwrap_or(0);
     let (ratings, total) = st.store.list_ratings(&user, limit, offset).await?;
-    let next = offset + ratings.len() as u64;
+    let next = offset.saturating_add(ratings.len() as u64);
     let next_offset = (next < total).then_some(next);
-    Ok(Json(json!({
-        "user": user,
-        "total": total,
-        "limit": limit,
-        "offset": offset,
-        "next_offset": next_offset,
-        "ratings": ratings,
-    })))
+    Ok(Json(RatingsPage {
+        user: user.as_str().to_owned(),
+        total,
+        limit,
+        offset,
+        next_offset,
+        ratings,
+    }))
 }
 
 /// `DELETE /v1/users/{user}/ratings/{item}` — 204, or 404 `rating_not_found`.
+#[utoipa::path(
+    delete,
+    path = "/v1/users/{user}/ratings/{item}",
+    tag = "ratings",
+    operation_id = "delete_rating",
+    params(
+        ("user" = PathId, Path, description = "User id"),
+        ("item" = PathId, Path, description = "Item id"),
+    ),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, description = "`invalid_path`", body = ErrorBody),
+        (status = 404, description = "`rating_not_found` (no such rating), or `not_found` for an empty path segment", body = ErrorBody),
+        (status = 422, description = "`invalid_id`", body = ErrorBody),
+        (status = 500, description = "`internal`", body = ErrorBody),
+        (status = 503, description = "`timeout` or `unavailable`", body = ErrorBody),
+    )
+)]
 pub async fn delete_rating(
     State(st): State<AppState>,
     ApiPath((user, item)): ApiPath<(String, String)>,

@@ -1,50 +1,124 @@
 //! Serving endpoints: predictions, top-N recommendations and similar items from the current snapshot.
 
 use super::extract::{ApiPath, ApiQuery};
+use super::openapi::{ErrorBody, PathId};
 use super::AppState;
 use crate::domain::{ItemId, UserId};
 use crate::error::ApiError;
 use axum::extract::State;
 use axum::Json;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
+use utoipa::{IntoParams, ToSchema};
 
-#[derive(Deserialize)]
+/// `n` of the list endpoints.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct NQuery {
+    /// How many items, 1 … `server.max_n`; `server.default_n` when absent.
+    #[param(minimum = 1)]
     n: Option<usize>,
 }
 
-fn items_json(list: impl IntoIterator<Item = (String, f32)>) -> Vec<Value> {
+/// A predicted rating.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct PredictionOut {
+    pub user: String,
+    pub item: String,
+    /// Inside the rating scale.
+    pub rating: f32,
+    /// Version of the snapshot that answered; `null` before the first model.
+    pub model_version: Option<u64>,
+    pub known_user: bool,
+    pub known_item: bool,
+    /// True when either side is unknown to the snapshot or no model exists yet.
+    pub fallback: bool,
+}
+
+/// One item of a list, with its score.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ScoredItem {
+    pub item: String,
+    /// Predicted rating (recommendations), cosine similarity (similar items) or damped
+    /// popularity (fallback lists).
+    pub score: f32,
+}
+
+/// Top-N recommendations for a user.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Recommendations {
+    pub user: String,
+    pub model_version: Option<u64>,
+    /// True when the list is the popularity fallback.
+    pub fallback: bool,
+    pub items: Vec<ScoredItem>,
+}
+
+/// Items similar to an item.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SimilarItems {
+    pub item: String,
+    pub model_version: Option<u64>,
+    /// True when the list is the popularity fallback.
+    pub fallback: bool,
+    pub items: Vec<ScoredItem>,
+}
+
+fn scored(list: impl IntoIterator<Item = (String, f32)>) -> Vec<ScoredItem> {
     list.into_iter()
-        .map(|(item, score)| json!({"item": item, "score": score}))
+        .map(|(item, score)| ScoredItem { item, score })
         .collect()
 }
 
 /// `GET /v1/users/{user}/predictions/{item}`. Without a model: mid-scale, `"fallback": true`.
+#[utoipa::path(
+    get,
+    path = "/v1/users/{user}/predictions/{item}",
+    tag = "serving",
+    operation_id = "prediction",
+    params(
+        ("user" = PathId, Path, description = "User id"),
+        ("item" = PathId, Path, description = "Item id"),
+    ),
+    responses(
+        (status = 200, description = "The predicted rating", body = PredictionOut),
+        (status = 400, description = "`invalid_path`", body = ErrorBody),
+        (status = 404, description = "`not_found`: an empty path segment matches no route", body = ErrorBody),
+        (status = 422, description = "`invalid_id`", body = ErrorBody),
+        (status = 500, description = "`internal`", body = ErrorBody),
+        (status = 503, description = "`timeout`", body = ErrorBody),
+    )
+)]
 pub async fn prediction(
     State(st): State<AppState>,
     ApiPath((user, item)): ApiPath<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<PredictionOut>, ApiError> {
     let user = UserId::parse(&user)?;
     let item = ItemId::parse(&item)?;
     let body = match st.serving.get() {
         Some(snap) => {
             let p = snap.model.predict(user.as_str(), item.as_str());
-            json!({
-                "user": user, "item": item, "rating": p.rating,
-                "model_version": snap.version,
-                "known_user": p.known_user, "known_item": p.known_item,
-                "fallback": !(p.known_user && p.known_item),
-            })
+            PredictionOut {
+                user: user.as_str().to_owned(),
+                item: item.as_str().to_owned(),
+                rating: p.rating,
+                model_version: Some(snap.version),
+                known_user: p.known_user,
+                known_item: p.known_item,
+                fallback: !(p.known_user && p.known_item),
+            }
         }
         None => {
             let s = st.settings.model.scale;
-            json!({
-                "user": user, "item": item, "rating": (s.min + s.max) / 2.0,
-                "model_version": null, "known_user": false, "known_item": false,
-                "fallback": true,
-            })
+            PredictionOut {
+                user: user.as_str().to_owned(),
+                item: item.as_str().to_owned(),
+                rating: (s.min + s.max) / 2.0,
+                model_version: None,
+                known_user: false,
+                known_item: false,
+                fallback: true,
+            }
         }
     };
     Ok(Json(body))
@@ -52,11 +126,26 @@ pub async fn prediction(
 
 /// `GET /v1/users/{user}/recommendations?n=` — never recommends an item the
 /// user has rated, as of the store now (not as of the snapshot).
+#[utoipa::path(
+    get,
+    path = "/v1/users/{user}/recommendations",
+    tag = "serving",
+    operation_id = "recommendations",
+    params(("user" = PathId, Path, description = "User id"), NQuery),
+    responses(
+        (status = 200, description = "Top-N unrated items (popularity fallback for unknown users)", body = Recommendations),
+        (status = 400, description = "`invalid_query` (bad `n`) or `invalid_path`", body = ErrorBody),
+        (status = 404, description = "`not_found`: an empty path segment matches no route", body = ErrorBody),
+        (status = 422, description = "`invalid_id`", body = ErrorBody),
+        (status = 500, description = "`internal`", body = ErrorBody),
+        (status = 503, description = "`timeout` or `unavailable`", body = ErrorBody),
+    )
+)]
 pub async fn recommendations(
     State(st): State<AppState>,
     ApiPath(user): ApiPath<String>,
     ApiQuery(q): ApiQuery<NQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Recommendations>, ApiError> {
     let user = UserId::parse(&user)?;
     let n = st.n(q.n)?;
     let (version, fallback, items) = match st.serving.get() {
@@ -69,26 +158,44 @@ pub async fn recommendations(
                 None => (true, m.popular(n, |i| seen.contains(&i))),
             };
             let named = list.into_iter().map(|(i, s)| (m.items.id(i).to_owned(), s));
-            (Some(snap.version), fallback, items_json(named))
+            (Some(snap.version), fallback, scored(named))
         }
         None => (
             None,
             true,
-            items_json(st.store.popular(n, Some(&user), None).await?),
+            scored(st.store.popular(n, Some(&user), None).await?),
         ),
     };
-    Ok(Json(json!({
-        "user": user, "model_version": version, "fallback": fallback, "items": items,
-    })))
+    Ok(Json(Recommendations {
+        user: user.as_str().to_owned(),
+        model_version: version,
+        fallback,
+        items,
+    }))
 }
 
 /// `GET /v1/items/{item}/similar?n=` — cosine similarity of item factors; an
 /// unknown item (or no model yet) gets the popularity list, `"fallback": true`.
+#[utoipa::path(
+    get,
+    path = "/v1/items/{item}/similar",
+    tag = "serving",
+    operation_id = "similar",
+    params(("item" = PathId, Path, description = "Item id"), NQuery),
+    responses(
+        (status = 200, description = "Most similar items (popularity fallback for unknown items)", body = SimilarItems),
+        (status = 400, description = "`invalid_query` (bad `n`) or `invalid_path`", body = ErrorBody),
+        (status = 404, description = "`not_found`: an empty path segment matches no route", body = ErrorBody),
+        (status = 422, description = "`invalid_id`", body = ErrorBody),
+        (status = 500, description = "`internal`", body = ErrorBody),
+        (status = 503, description = "`timeout` or `unavailable`", body = ErrorBody),
+    )
+)]
 pub async fn similar(
     State(st): State<AppState>,
     ApiPath(item): ApiPath<String>,
     ApiQuery(q): ApiQuery<NQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<SimilarItems>, ApiError> {
     let item = ItemId::parse(&item)?;
     let n = st.n(q.n)?;
     let (version, fallback, items) = match st.serving.get() {
@@ -99,15 +206,18 @@ pub async fn similar(
                 None => (true, m.popular(n, |_| false)),
             };
             let named = list.into_iter().map(|(i, s)| (m.items.id(i).to_owned(), s));
-            (Some(snap.version), fallback, items_json(named))
+            (Some(snap.version), fallback, scored(named))
         }
         None => (
             None,
             true,
-            items_json(st.store.popular(n, None, Some(&item)).await?),
+            scored(st.store.popular(n, None, Some(&item)).await?),
         ),
     };
-    Ok(Json(json!({
-        "item": item, "model_version": version, "fallback": fallback, "items": items,
-    })))
+    Ok(Json(SimilarItems {
+        item: item.as_str().to_owned(),
+        model_version: version,
+        fallback,
+        items,
+    }))
 }

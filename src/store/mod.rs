@@ -32,7 +32,7 @@ pub struct Store {
 }
 
 /// One stored rating of a user.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct StoredRating {
     pub item: String,
     pub rating: f32,

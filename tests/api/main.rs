@@ -4,7 +4,9 @@ mod helpers;
 
 mod errors;
 mod guard;
+mod hostile;
 mod import;
 mod lifecycle;
+mod openapi;
 mod ratings;
 mod recommend;

@@ -1,0 +1,162 @@
+//! The OpenAPI 3.1 document of the API, generated from the handlers' annotations
+//! (`utoipa`), with the configured limits (scale, batch size, `n`, page size) filled in,
+//! served at `GET /openapi.json`.
+
+use super::AppState;
+use crate::config::Settings;
+use crate::domain::id_string_schema;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::{get, MethodRouter};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::borrow::Cow;
+use utoipa::openapi::{RefOr, Schema};
+use utoipa::{OpenApi, ToSchema};
+
+/// Every error: `{"error": {"code": ..., "message": ...}}`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorDetail {
+    pub code: ErrorCode,
+    /// Human-readable; never carries internals for 5xx.
+    pub message: String,
+}
+
+/// The stable machine-readable error codes (see `ApiError::status_and_code`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    MalformedJson,
+    InvalidBody,
+    InvalidId,
+    InvalidRating,
+    EmptyBatch,
+    BatchTooLarge,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    InvalidQuery,
+    InvalidPath,
+    RatingNotFound,
+    NotFound,
+    MethodNotAllowed,
+    Timeout,
+    Unavailable,
+    Internal,
+}
+
+/// A user or item id in a path segment (percent-decoded): 1–128 characters, no control
+/// characters.
+pub struct PathId;
+
+impl utoipa::PartialSchema for PathId {
+    fn schema() -> RefOr<Schema> {
+        id_string_schema().into()
+    }
+}
+
+impl ToSchema for PathId {
+    fn name() -> Cow<'static, str> {
+        Cow::Borrowed("PathId")
+    }
+}
+
+/// `GET /openapi.json` — this document.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "meta",
+    operation_id = "openapi",
+    responses(
+        (status = 200, description = "The OpenAPI 3.1 document of this server", content_type = "application/json", body = Object),
+        (status = 503, description = "`timeout`", body = ErrorBody),
+    )
+)]
+#[allow(dead_code)]
+fn openapi_doc() {}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "funkrec",
+        description = "Recommendation service: Funk-SVD matrix factorisation served over HTTP. \
+                       Every error is `{\"error\": {\"code\", \"message\"}}` with a stable code; \
+                       unknown routes answer 404 `not_found`, unsupported methods 405 \
+                       `method_not_allowed`. Every response carries `x-request-id`."
+    ),
+    paths(
+        super::health::healthz,
+        super::health::readyz,
+        super::ratings::post_ratings,
+        super::ratings::list_ratings,
+        super::ratings::delete_rating,
+        super::recs::prediction,
+        super::recs::recommendations,
+        super::recs::similar,
+        super::model::get_model,
+        super::model::train,
+        openapi_doc,
+    ),
+    components(schemas(ErrorBody, ErrorDetail, ErrorCode, PathId, crate::domain::RawId)),
+    tags(
+        (name = "ratings", description = "Write, list and delete ratings"),
+        (name = "serving", description = "Predictions, recommendations, similar items"),
+        (name = "model", description = "The serving snapshot and training"),
+        (name = "health", description = "Probes"),
+        (name = "meta", description = "This document"),
+    )
+)]
+struct ApiDoc;
+
+/// The document for a server running with `settings`: the generated one with the
+/// configured limits written into the schemas, so that what it allows is exactly what the
+/// server accepts.
+pub fn document(settings: &Settings) -> Value {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).expect("the document serialises");
+    doc["info"]["version"] = json!(env!("CARGO_PKG_VERSION"));
+    let s = &settings.server;
+    let scale = settings.model.scale;
+    let rating = doc
+        .pointer_mut("/components/schemas/RatingInput/properties/rating")
+        .expect("RatingInput.rating is in the document");
+    rating["minimum"] = json!(scale.min as f64);
+    rating["maximum"] = json!(scale.max as f64);
+    let batch = doc
+        .pointer_mut("/components/schemas/RatingBatch/properties/ratings")
+        .expect("RatingBatch.ratings is in the document");
+    batch["maxItems"] = json!(s.max_batch);
+    if let Some(paths) = doc["paths"].as_object_mut() {
+        for op in paths.values_mut().filter_map(Value::as_object_mut) {
+            for op in op.values_mut() {
+                let Some(params) = op.get_mut("parameters").and_then(Value::as_array_mut) else {
+                    continue;
+                };
+                for p in params {
+                    let max = match p["name"].as_str() {
+                        Some("n") => json!(s.max_n),
+                        Some("limit") => json!(s.max_page_size),
+                        Some("offset") => json!(u64::MAX),
+                        _ => continue,
+                    };
+                    p["schema"]["maximum"] = max;
+                }
+            }
+        }
+    }
+    doc
+}
+
+/// The route serving the document (rendered once, when the router is built).
+pub fn route(settings: &Settings) -> MethodRouter<AppState> {
+    let body = serde_json::to_string(&document(settings)).expect("the document serialises");
+    get(move || {
+        let body = body.clone();
+        async move { ([(header::CONTENT_TYPE, "application/json")], body).into_response() }
+    })
+}
