@@ -85,11 +85,15 @@ done
 
 RSS_START=$(rss)
 echo "== $SECS s of mixed traffic, $CONC connections (RSS at start: $RSS_START kB)"
+( while kill -0 "$SERVER_PID" 2>/dev/null; do rss >>"$DATA/rss.txt" || true; sleep 5; done ) &
+SAMPLER=$!
 status=0
 timeout --kill-after=30 $((SECS + 200)) "$LOADGEN" --base "$BASE" --duration "$SECS" \
   --concurrency "$CONC" --train-at $((SECS / 3)) >"$DATA/summary.json" || status=$?
 RSS_END=$(rss)
+kill "$SAMPLER" 2>/dev/null || true
 cat "$DATA/summary.json"
+echo "VmRSS every 5 s (kB): $(tr '\n' ' ' <"$DATA/rss.txt")"
 kill -0 "$SERVER_PID" 2>/dev/null || { echo "the server died"; tail -50 "$DATA/server.log"; exit 1; }
 
 GROWTH=$(python3 -c "print(round(100.0 * ($RSS_END - $RSS_START) / $RSS_START, 1))")
