@@ -9,6 +9,16 @@ use axum::response::{IntoResponse, Response};
 use std::sync::Arc;
 use std::time::Instant;
 
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "health",
+    operation_id = "metrics",
+    responses(
+        (status = 200, description = "Prometheus text exposition format", content_type = "text/plain; version=0.0.4", body = String),
+        (status = 503, description = "`timeout`", body = super::openapi::ErrorBody),
+    )
+)]
 /// `GET /metrics` — Prometheus text format. Store, model and training figures are
 /// read at scrape time (the ratings gauge is one `COUNT(*)`).
 pub async fn metrics(State(st): State<AppState>) -> Response {

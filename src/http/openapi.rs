@@ -93,6 +93,7 @@ fn openapi_doc() {}
     paths(
         super::health::healthz,
         super::health::readyz,
+        super::metrics::metrics,
         super::ratings::post_ratings,
         super::ratings::list_ratings,
         super::ratings::delete_rating,
@@ -131,6 +132,26 @@ pub fn document(settings: &Settings) -> Value {
         .pointer_mut("/components/schemas/RatingBatch/properties/ratings")
         .expect("RatingBatch.ratings is in the document");
     batch["maxItems"] = json!(s.max_batch);
+    // Every /v1 route passes the auth middleware and the shared concurrency limit.
+    let error = |what: &str| json!({"description": what, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}});
+    doc["components"]["securitySchemes"] = json!({"bearer": {"type": "http", "scheme": "bearer"}});
+    if let Some(paths) = doc["paths"].as_object_mut() {
+        for (_, item) in paths.iter_mut().filter(|(p, _)| p.starts_with("/v1/")) {
+            for op in item
+                .as_object_mut()
+                .into_iter()
+                .flat_map(|m| m.values_mut())
+            {
+                op["security"] = json!([{"bearer": []}]);
+                let responses = &mut op["responses"];
+                responses["401"] =
+                    error("`unauthorized`: keys are configured and no valid key was sent");
+                responses["403"] =
+                    error("`forbidden`: the key's role does not allow this operation");
+                responses["503"] = error("`overloaded` (with `Retry-After`) or `timeout`");
+            }
+        }
+    }
     if let Some(paths) = doc["paths"].as_object_mut() {
         for op in paths.values_mut().filter_map(Value::as_object_mut) {
             for op in op.values_mut() {
