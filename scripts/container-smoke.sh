@@ -9,7 +9,8 @@ PODMAN=(podman --runtime runc)
 IMAGE=localhost/funkrec:ci
 NAME=funkrec-smoke-$$
 VOLUME=funkrec-smoke-data-$$
-PORT=${SMOKE_PORT:-18080}
+# A free loopback port (another server on a fixed port would answer in our place).
+PORT=${SMOKE_PORT:-$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
 BASE="http://127.0.0.1:$PORT"
 # API keys through the environment, as a deployment would pass them (the loopback
 # bind alone would also allow starting without keys).
