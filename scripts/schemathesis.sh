@@ -51,6 +51,9 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
+# An admin key: every /v1 operation is documented as bearer-protected, and schemathesis
+# checks that requests without it (or with a wrong one) are refused.
+API_KEY="st-admin-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 echo "== starting $FUNKREC_BIN on $BASE (data in $DATA)"
 # Small, quick model; retrains every 200 written ratings so snapshots swap during the run.
 FUNKREC__SERVER__BIND=127.0.0.1:$PORT \
@@ -60,6 +63,7 @@ FUNKREC__TRAINING__RETRAIN_INTERVAL_SECS=0 \
 FUNKREC__MODEL__FACTORS=8 \
 FUNKREC__MODEL__EPOCHS=20 \
 FUNKREC__LOG__LEVEL=warn \
+FUNKREC__AUTH__KEYS="admin:$API_KEY" \
   "$FUNKREC_BIN" serve </dev/null >"$DATA/server.log" 2>&1 &
 SERVER_PID=$!
 for _ in $(seq 1 100); do
@@ -74,6 +78,7 @@ status=0
 CI=true timeout --signal=INT --kill-after=30 600 \
   "$VENV/bin/st" --config-file "$ROOT/scripts/schemathesis.toml" run "$BASE/openapi.json" \
     --checks all \
+    --header "Authorization: Bearer $API_KEY" \
     --max-examples "$MAX_EXAMPLES" \
     --seed "$SEED" \
     --workers 2 \

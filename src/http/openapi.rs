@@ -49,6 +49,9 @@ pub enum ErrorCode {
     Timeout,
     Unavailable,
     Internal,
+    Unauthorized,
+    Forbidden,
+    Overloaded,
 }
 
 /// A user or item id in a path segment (percent-decoded): 1–128 characters, no control

@@ -165,7 +165,34 @@ async fn document_is_openapi_31_with_errors_and_configured_limits() {
         E::Timeout,
         E::Unavailable(String::new()),
         E::Internal(String::new()),
+        E::Unauthorized(String::new()),
+        E::Forbidden(String::new()),
+        E::Overloaded(1),
     ];
+    // A new ApiError variant stops this from compiling until it is listed above.
+    for e in &all {
+        match e {
+            E::MalformedJson(_)
+            | E::InvalidBody(_)
+            | E::InvalidId(_)
+            | E::InvalidRating(_)
+            | E::EmptyBatch(_)
+            | E::BatchTooLarge(_)
+            | E::PayloadTooLarge(_)
+            | E::UnsupportedMediaType(_)
+            | E::InvalidQuery(_)
+            | E::InvalidPath(_)
+            | E::RatingNotFound(_)
+            | E::RouteNotFound(_)
+            | E::MethodNotAllowed
+            | E::Timeout
+            | E::Unavailable(_)
+            | E::Internal(_)
+            | E::Unauthorized(_)
+            | E::Forbidden(_)
+            | E::Overloaded(_) => {}
+        }
+    }
     let all_codes: BTreeSet<&str> = all.iter().map(|e| e.code()).collect();
     assert_eq!(codes, all_codes);
 
