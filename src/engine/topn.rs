@@ -125,6 +125,15 @@ fn dot_i8(p: &[f32], c: &[i8]) -> f32 {
     s
 }
 
+/// Stores item `i`'s upper bound and offers its lower bound to the top-n of lower bounds.
+#[inline(always)]
+fn record(i: usize, approx: f32, s: f32, p_l1: f32, ub: &mut f32, lower_top: &mut TopK) {
+    // Quantisation error ≤ ‖p‖₁·s/2; the slack covers f32 rounding of both sums.
+    let err = 0.5 * s * p_l1 + 1e-4 * (approx.abs() + 127.0 * s * p_l1) + 1e-6;
+    *ub = approx + err;
+    lower_top.push(approx - err, i as u32);
+}
+
 #[inline(always)]
 fn pass1_generic(
     ix: &ItemIndex,
@@ -146,11 +155,7 @@ fn pass1_generic(
         if exclude(i as u32) {
             continue;
         }
-        let approx = bias[i] + s * dot_i8(p, codes);
-        // Quantisation error ≤ ‖p‖₁·s/2; the slack covers f32 rounding of both sums.
-        let err = 0.5 * s * p_l1 + 1e-4 * (approx.abs() + 127.0 * s * p_l1) + 1e-6;
-        *ub = approx + err;
-        lower_top.push(approx - err, i as u32);
+        record(i, bias[i] + s * dot_i8(p, codes), s, p_l1, ub, lower_top);
     }
 }
 
@@ -206,10 +211,7 @@ unsafe fn pass1_avx2(
         for j in o..k {
             d += p[j] * codes[j] as f32;
         }
-        let approx = bias[i] + s * d;
-        let err = 0.5 * s * p_l1 + 1e-4 * (approx.abs() + 127.0 * s * p_l1) + 1e-6;
-        *ub = approx + err;
-        lower_top.push(approx - err, i as u32);
+        record(i, bias[i] + s * d, s, p_l1, ub, lower_top);
     }
 }
 
