@@ -22,8 +22,6 @@ pub enum EngineError {
     NoData(String),
     #[error("model file {path}: {message}")]
     ModelFile { path: PathBuf, message: String },
-    #[error("training cancelled")]
-    Cancelled,
 }
 
 impl EngineError {

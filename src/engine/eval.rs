@@ -10,7 +10,6 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
-use std::ops::ControlFlow;
 use std::time::Instant;
 
 /// Root mean squared error of clamped predictions.
@@ -152,11 +151,6 @@ pub fn mean_std(xs: impl IntoIterator<Item = f64>) -> (f64, f64) {
     let m = v.iter().sum::<f64>() / v.len() as f64;
     let var = v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / v.len() as f64;
     (m, var.sqrt())
-}
-
-/// A callback that ignores every epoch.
-pub fn quiet(_: &EpochStats) -> ControlFlow<()> {
-    ControlFlow::Continue(())
 }
 
 #[cfg(test)]
