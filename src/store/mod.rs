@@ -7,13 +7,13 @@
 //! (`INSERT .. ON CONFLICT .. DO UPDATE`, `LIMIT/OFFSET`, no `RETURNING`).
 
 mod bulk;
+mod scan;
 mod sqlite;
 
 pub use bulk::{ImportRow, ImportStats};
 
 use crate::config::Settings;
 use crate::domain::{ItemId, NewRating, UserId};
-use futures_util::TryStreamExt;
 use serde::Serialize;
 use sqlx::sqlite::SqlitePool;
 use sqlx::{QueryBuilder, Sqlite};
@@ -218,34 +218,11 @@ impl Store {
     }
 
     /// Everything the trainer needs, read in one transaction so users, items and
-    /// ratings are one consistent snapshot even while ratings keep arriving.
-    pub async fn load_training_rows(&self) -> Result<TrainingRows, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let users = sqlx::query_as("SELECT id, ext_id FROM users ORDER BY id")
-            .fetch_all(&mut *tx)
-            .await?;
-        let items = sqlx::query_as("SELECT id, ext_id FROM items ORDER BY id")
-            .fetch_all(&mut *tx)
-            .await?;
-        let mut ratings = Vec::new();
-        {
-            let mut rows = sqlx::query_as::<_, (i64, i64, f64)>(
-                "SELECT user_id, item_id, rating FROM ratings ORDER BY user_id, item_id",
-            )
-            .fetch(&mut *tx);
-            let key = |k: i64| {
-                u32::try_from(k).map_err(|_| sqlx::Error::Protocol(format!("key {k} out of range")))
-            };
-            while let Some((u, i, r)) = rows.try_next().await? {
-                ratings.push((key(u)?, key(i)?, r as f32));
-            }
-        }
-        tx.rollback().await?;
-        Ok(TrainingRows {
-            users,
-            items,
-            ratings,
-        })
+    /// ratings are one consistent snapshot even while ratings keep arriving
+    /// (on a dedicated connection, off the async runtime: see `scan.rs`).
+    pub async fn load_training_rows(&self) -> anyhow::Result<TrainingRows> {
+        let path = self.pool.connect_options().get_filename().to_owned();
+        tokio::task::spawn_blocking(move || scan::training_rows(&path)).await?
     }
 
     pub async fn insert_model_row(&self, row: &ModelRow) -> Result<(), StoreError> {

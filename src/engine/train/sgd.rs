@@ -155,10 +155,10 @@ impl Params {
 const MIN_RATINGS_PER_THREAD: usize = 200_000;
 
 /// How far ahead (in ratings) the rows are prefetched.
-const PREFETCH: usize = 8;
+pub(super) const PREFETCH: usize = 8;
 
 #[inline(always)]
-fn prefetch(ptr: *const f32, len: usize) {
+pub(super) fn prefetch(ptr: *const f32, len: usize) {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
@@ -174,24 +174,51 @@ fn prefetch(ptr: *const f32, len: usize) {
     let _ = (ptr, len);
 }
 
-/// Runs SGD over `ratings` in order; returns Σe² (errors before each update).
+/// One update for rating `r` (a plain function, not a closure, so that it is
+/// inlined into the `target_feature` caller and compiled with its features).
+#[inline(always)]
+unsafe fn update_at<const FMA: bool>(r: &Rating, m: Params, rates: &Rates) -> f32 {
+    let (u, i, k) = (r.user as usize, r.item as usize, m.k);
+    let p = std::slice::from_raw_parts_mut(m.pu.add(u * k), k);
+    let q = std::slice::from_raw_parts_mut(m.qi.add(i * k), k);
+    update::<FMA>(p, q, &mut *m.bu.add(u), &mut *m.bi.add(i), r.value, rates)
+}
+
+#[inline(always)]
+unsafe fn prefetch_rows(r: Option<&Rating>, m: Params) {
+    if let Some(r) = r {
+        prefetch(m.pu.add(r.user as usize * m.k), m.k);
+        prefetch(m.qi.add(r.item as usize * m.k), m.k);
+    }
+}
+
+/// Runs SGD over `ratings` in a fixed order; returns Σe² (errors before each update).
+///
+/// # Safety
+/// Every rating's user and item must index rows of `m`, and no other thread
+/// may access those rows meanwhile.
 ///
 /// # Safety
 /// Every rating's user and item must index rows of `m`, and no other thread
 /// may access those rows meanwhile.
 #[inline(always)]
 unsafe fn block_kernel<const FMA: bool>(ratings: &[Rating], m: Params, rates: &Rates) -> f64 {
-    let k = m.k;
+    // Two cursors, one in each half of the block, alternate: in a block sorted
+    // by user, consecutive updates of one cursor share a user row (a dependency
+    // chain through p), while the other cursor's update is independent and can
+    // run in the gaps. It is still plain sequential SGD, in a fixed order.
+    let half = ratings.len() / 2;
+    let (a, b) = ratings.split_at(half);
     let mut sse = 0.0f64;
-    for (n, r) in ratings.iter().enumerate() {
-        if let Some(nx) = ratings.get(n + PREFETCH) {
-            prefetch(m.pu.add(nx.user as usize * k), k);
-            prefetch(m.qi.add(nx.item as usize * k), k);
-        }
-        let (u, i) = (r.user as usize, r.item as usize);
-        let p = std::slice::from_raw_parts_mut(m.pu.add(u * k), k);
-        let q = std::slice::from_raw_parts_mut(m.qi.add(i * k), k);
-        let e = update::<FMA>(p, q, &mut *m.bu.add(u), &mut *m.bi.add(i), r.value, rates);
+    for (j, (ra, rb)) in a.iter().zip(b).enumerate() {
+        prefetch_rows(a.get(j + PREFETCH), m);
+        prefetch_rows(b.get(j + PREFETCH), m);
+        let ea = update_at::<FMA>(ra, m, rates);
+        let eb = update_at::<FMA>(rb, m, rates);
+        sse += (ea * ea) as f64 + (eb * eb) as f64;
+    }
+    if let Some(r) = b.get(half) {
+        let e = update_at::<FMA>(r, m, rates);
         sse += (e * e) as f64;
     }
     sse
@@ -253,21 +280,72 @@ pub fn grid_size(threads: usize, n: usize) -> usize {
 /// the fully random order.
 const SORT_ABOVE_BYTES: usize = 1 << 20;
 
-fn bins(n: usize, nb: usize, rng: &mut ChaCha8Rng) -> Vec<u32> {
+/// A seeded random assignment of `n` ids to `nb` (almost) equal bins: the bin
+/// of each id and its rank inside the bin.
+fn bins(n: usize, nb: usize, rng: &mut ChaCha8Rng) -> (Vec<u32>, Vec<u32>) {
     let mut perm: Vec<u32> = (0..n as u32).collect();
     perm.shuffle(rng);
-    // Position in the permutation → bin, so bins are (almost) equal in ids.
     let mut bin = vec![0u32; n];
+    let mut rank = vec![0u32; n];
+    let mut filled = vec![0u32; nb];
     for (pos, &id) in perm.iter().enumerate() {
-        bin[id as usize] = (pos * nb / n.max(1)) as u32;
+        let b = pos * nb / n.max(1);
+        bin[id as usize] = b as u32;
+        rank[id as usize] = filled[b];
+        filled[b] += 1;
     }
-    bin
+    (bin, rank)
+}
+
+/// Partitions `xs` in place by `key` (< `buckets`), American-flag style (no
+/// second buffer); returns the bucket offsets (`buckets + 1` entries).
+fn flag_partition<T>(xs: &mut [T], buckets: usize, key: impl Fn(&T) -> usize) -> Vec<usize> {
+    let mut offsets = vec![0usize; buckets + 1];
+    for x in xs.iter() {
+        offsets[key(x) + 1] += 1;
+    }
+    for b in 0..buckets {
+        offsets[b + 1] += offsets[b];
+    }
+    let mut next = offsets[..buckets].to_vec();
+    for b in 0..buckets {
+        let end = offsets[b + 1];
+        while next[b] < end {
+            let t = key(&xs[next[b]]);
+            if t == b {
+                next[b] += 1;
+            } else {
+                xs.swap(next[b], next[t]);
+                next[t] += 1;
+            }
+        }
+    }
+    offsets
+}
+
+/// Stable counting sort of `src` by `key` (< `buckets`) into `dst` (same length).
+fn scatter<T: Copy>(src: &[T], dst: &mut [T], buckets: usize, key: impl Fn(&T) -> usize) {
+    let mut next = vec![0usize; buckets + 1];
+    for x in src {
+        next[key(x) + 1] += 1;
+    }
+    for b in 0..buckets {
+        next[b + 1] += next[b];
+    }
+    for x in src {
+        let slot = &mut next[key(x)];
+        dst[*slot] = *x;
+        *slot += 1;
+    }
 }
 
 impl Grid {
-    /// Groups `ratings` into `nb × nb` blocks in place (an in-place counting
-    /// sort, no second buffer) and shuffles each block once (then orders it by
-    /// user when a block's rows of P, `k` floats each, would not fit in cache).
+    /// Groups `ratings` into `nb × nb` blocks in place and fixes the order inside
+    /// each block: by user when a block's rows of P (`k` floats each) would not
+    /// fit in cache, else a seeded shuffle. First an in-place partition by user
+    /// bin (no copy of the ratings), then each user bin's segment is split into
+    /// its `nb` blocks on `threads` threads, each with a buffer of one segment.
+    /// The result does not depend on `threads`.
     pub fn build(
         ratings: &mut [Rating],
         n_users: usize,
@@ -275,40 +353,67 @@ impl Grid {
         k: usize,
         nb: usize,
         seed: u64,
+        threads: usize,
     ) -> Grid {
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x9e37_79b9_7f4a_7c15);
-        let ub = bins(n_users, nb, &mut rng);
-        let ib = bins(n_items, nb, &mut rng);
-        let block = |r: &Rating| ub[r.user as usize] as usize * nb + ib[r.item as usize] as usize;
-        let nblocks = nb * nb;
-        let mut offsets = vec![0usize; nblocks + 1];
+        let (ub, urank) = bins(n_users, nb, &mut rng);
+        let (ib, _) = bins(n_items, nb, &mut rng);
+        let seg = flag_partition(ratings, nb, |r| ub[r.user as usize] as usize);
+        let mut offsets = vec![0usize; nb * nb + 1];
         for r in ratings.iter() {
-            offsets[block(r) + 1] += 1;
+            offsets[ub[r.user as usize] as usize * nb + ib[r.item as usize] as usize + 1] += 1;
         }
-        for b in 0..nblocks {
+        for b in 0..nb * nb {
             offsets[b + 1] += offsets[b];
         }
-        // American-flag sort: swap each rating into its block's next free slot.
-        let mut next = offsets[..nblocks].to_vec();
-        for b in 0..nblocks {
-            let end = offsets[b + 1];
-            while next[b] < end {
-                let t = block(&ratings[next[b]]);
-                if t == b {
-                    next[b] += 1;
+        let by_user = n_users.div_ceil(nb) * k * 4 > SORT_ABOVE_BYTES;
+        let users_per_bin = n_users.div_ceil(nb).max(1) + 1;
+        let block_seed: u64 = rand::Rng::gen(&mut rng);
+        // Hand the segments out round-robin; each is finished independently.
+        let threads = threads.clamp(1, nb);
+        let mut shares: Vec<Vec<(usize, &mut [Rating])>> =
+            (0..threads).map(|_| Vec::new()).collect();
+        let mut rest = ratings;
+        for s in 0..nb {
+            let (head, tail) = rest.split_at_mut(seg[s + 1] - seg[s]);
+            shares[s % threads].push((s, head));
+            rest = tail;
+        }
+        let finish = |share: Vec<(usize, &mut [Rating])>| {
+            let mut buf: Vec<Rating> = Vec::new();
+            for (s, segment) in share {
+                buf.clear();
+                buf.extend_from_slice(segment);
+                if by_user {
+                    // LSD: by rank of the user in its bin, then (stably) by item bin.
+                    let mut tmp = std::mem::take(&mut buf);
+                    scatter(segment, &mut tmp, users_per_bin, |r| {
+                        urank[r.user as usize] as usize
+                    });
+                    scatter(&tmp, segment, nb, |r| ib[r.item as usize] as usize);
+                    buf = tmp;
                 } else {
-                    ratings.swap(next[b], next[t]);
-                    next[t] += 1;
+                    scatter(&buf, segment, nb, |r| ib[r.item as usize] as usize);
+                    let base = offsets[s * nb];
+                    for j in 0..nb {
+                        let b = s * nb + j;
+                        let block = &mut segment[offsets[b] - base..offsets[b + 1] - base];
+                        let mut rng = ChaCha8Rng::seed_from_u64(
+                            block_seed ^ (b as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+                        );
+                        block.shuffle(&mut rng);
+                    }
                 }
             }
-        }
-        let by_user = n_users.div_ceil(nb) * k * 4 > SORT_ABOVE_BYTES;
-        for b in 0..nblocks {
-            let block = &mut ratings[offsets[b]..offsets[b + 1]];
-            block.shuffle(&mut rng);
-            if by_user {
-                block.sort_by_key(|r| r.user);
-            }
+        };
+        if threads == 1 {
+            shares.into_iter().for_each(finish);
+        } else {
+            std::thread::scope(|sc| {
+                for share in shares {
+                    sc.spawn(|| finish(share));
+                }
+            });
         }
         Grid { nb, offsets }
     }
@@ -413,11 +518,19 @@ pub(super) fn run(
     );
     let threads = model.hyper.threads.max(1);
     let nb = grid_size(threads, ratings.len());
-    let grid = Grid::build(ratings, nu, ni, model.factors(), nb, model.hyper.seed);
-    let ratings: &[Rating] = ratings;
     // The result does not depend on the worker count, so small problems (where
     // the per-stratum barriers cost more than the work) run on fewer threads.
     let threads = threads.min(ratings.len().div_ceil(MIN_RATINGS_PER_THREAD).max(1));
+    let grid = Grid::build(
+        ratings,
+        nu,
+        ni,
+        model.factors(),
+        nb,
+        model.hyper.seed,
+        threads,
+    );
+    let ratings: &[Rating] = ratings;
     let mut rng = ChaCha8Rng::seed_from_u64(model.hyper.seed ^ 0x5eed_5eed);
     let epochs = model.hyper.epochs;
     for e in 0..epochs {
@@ -460,7 +573,7 @@ mod tests {
             .iter()
             .map(|r| (r.user, r.item, r.value.to_bits()))
             .collect();
-        let grid = Grid::build(&mut ratings, 97, 53, 8, 5, 3);
+        let grid = Grid::build(&mut ratings, 97, 53, 8, 5, 3, 2);
         let mut after: Vec<(u32, u32, u32)> = ratings
             .iter()
             .map(|r| (r.user, r.item, r.value.to_bits()))
@@ -519,7 +632,7 @@ mod tests {
                 value: rng.gen_range(1..=5) as f32,
             })
             .collect();
-        let grid = Grid::build(&mut ratings, nu, ni, k, 16, 5);
+        let grid = Grid::build(&mut ratings, nu, ni, k, 16, 5, 1);
         let rates = rates_for(&base, 0);
         let run = |threads: usize| {
             let mut m = base.clone();
