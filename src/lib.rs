@@ -6,6 +6,7 @@ pub mod domain;
 pub mod engine;
 pub mod error;
 pub mod http;
+pub mod malloc;
 pub mod metrics;
 pub mod service;
 pub mod snapshot;

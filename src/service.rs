@@ -3,6 +3,7 @@
 use crate::config::Settings;
 use crate::domain::{ItemId, RatingValue, UserId};
 use crate::engine::io::{Format, RatingsReader};
+use crate::malloc;
 use crate::startup::Application;
 use crate::store::{ImportRow, Store};
 use crate::telemetry;
@@ -27,6 +28,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 pub fn serve_command(config_file: Option<PathBuf>) -> anyhow::Result<()> {
     let settings = Settings::load(config_file.as_deref())?;
     telemetry::init(&settings.log.level, settings.log.json);
+    malloc::tune();
     runtime()?.block_on(async {
         let app = Application::build(settings).await?;
         app.run_until_stopped().await

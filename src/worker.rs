@@ -303,7 +303,15 @@ impl Worker {
             inner.settings.models_dir(),
             inner.settings.storage.keep_snapshots,
         );
-        tokio::task::spawn_blocking(move || snapshot::prune(&dir, keep)).await?;
+        // The run's buffers are freed by now (the old snapshot's matrices are unmapped when
+        // its last reader drops it): hand the free pages inside the malloc arenas back.
+        tokio::task::spawn_blocking(move || {
+            snapshot::prune(&dir, keep);
+            let t = Instant::now();
+            let released = crate::malloc::release_free_memory();
+            tracing::debug!(released, secs = t.elapsed().as_secs_f64(), "malloc_trim");
+        })
+        .await?;
         Ok(Some(version))
     }
 }

@@ -43,6 +43,16 @@ fn put_ids(buf: &mut Vec<u8>, ids: &IdMap) {
     }
 }
 
+/// Exact size of [`to_bytes`]' output, so its buffer is allocated once: a
+/// growing `Vec` would reallocate to twice the model's size on the last bytes.
+fn encoded_len(model: &Model, header_len: usize) -> usize {
+    let ids = |m: &IdMap| m.ids().iter().map(|id| 4 + id.len()).sum::<usize>();
+    let (nu, ni, k) = (model.n_users(), model.n_items(), model.factors());
+    let framing = MAGIC.len() + 4 + 4 + header_len + 4; // magic, version, header, CRC
+    let arrays = 4 * (nu + ni) * (1 + k) + (4 + 8) * ni; // biases, factors, item counts and sums
+    framing + ids(&model.users) + ids(&model.items) + arrays
+}
+
 /// Serialises a model: magic, version, header length, JSON header, arrays, CRC32.
 pub fn to_bytes(model: &Model) -> Vec<u8> {
     let header = Header {
@@ -54,10 +64,7 @@ pub fn to_bytes(model: &Model) -> Vec<u8> {
         factors: model.factors() as u64,
     };
     let header = serde_json::to_vec(&header).expect("header serialises");
-    let k = model.factors();
-    let mut buf = Vec::with_capacity(
-        64 + header.len() + 4 * (model.n_users() + model.n_items()) * (k + 4) + 16,
-    );
+    let mut buf = Vec::with_capacity(encoded_len(model, header.len()));
     buf.extend_from_slice(MAGIC);
     put_u32(&mut buf, FORMAT_VERSION);
     put_u32(&mut buf, header.len() as u32);
@@ -239,6 +246,12 @@ mod tests {
     fn roundtrip_is_exact() {
         let m = sample();
         assert_eq!(from_bytes(&to_bytes(&m)).unwrap(), m);
+    }
+
+    #[test]
+    fn buffer_is_allocated_once() {
+        let bytes = to_bytes(&sample());
+        assert_eq!(bytes.capacity(), bytes.len());
     }
 
     #[test]
