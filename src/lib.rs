@@ -7,6 +7,7 @@ pub mod engine;
 pub mod error;
 pub mod http;
 pub mod metrics;
+pub mod rated;
 pub mod service;
 pub mod snapshot;
 pub mod startup;
