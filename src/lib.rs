@@ -8,6 +8,7 @@ pub mod error;
 pub mod http;
 pub mod malloc;
 pub mod metrics;
+pub mod rated;
 pub mod service;
 pub mod snapshot;
 pub mod startup;

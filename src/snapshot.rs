@@ -2,11 +2,12 @@
 
 use crate::engine::topn::ItemIndex;
 use crate::engine::{self, Model};
+use crate::rated::RatedIndex;
 use crate::store::{ModelRow, Store};
 use arc_swap::ArcSwapOption;
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// A trained model plus what the API reports about it. Never mutated once published.
 #[derive(Debug)]
@@ -22,6 +23,18 @@ pub struct Snapshot {
     pub n_holdout: usize,
     /// Ratings in the store when the run loaded them (training + holdout).
     pub n_ratings_total: u64,
+    /// Which items each user had rated when the rows were read, and the
+    /// [`crate::rated::RecentWrites`] sequence number at that moment. Set before
+    /// publication by a training run; for a snapshot loaded at start it is built in
+    /// the background (until then, rated items are read from the store).
+    pub rated: OnceLock<Rated>,
+}
+
+/// A snapshot's rated-items index and the write sequence number it is complete up to.
+#[derive(Debug)]
+pub struct Rated {
+    pub since: u64,
+    pub index: RatedIndex,
 }
 
 impl Snapshot {
@@ -134,6 +147,7 @@ pub async fn load_newest(store: &Store, dir: &Path) -> anyhow::Result<(Option<Sn
                         .unwrap_or(model.report.n_ratings as u64),
                     index: ItemIndex::new(&model),
                     model,
+                    rated: OnceLock::new(),
                 };
                 return Ok((Some(snapshot), max_seen));
             }
@@ -143,6 +157,25 @@ pub async fn load_newest(store: &Store, dir: &Path) -> anyhow::Result<(Option<Sn
         }
     }
     Ok((None, max_seen))
+}
+
+/// Builds the rated-items index of a snapshot loaded at start from the store (in the
+/// background: it reads every rating). Until it is set, requests read rated items
+/// from the store.
+pub async fn index_rated(
+    store: &Store,
+    snap: Arc<Snapshot>,
+    recent: &crate::rated::RecentWrites,
+) -> anyhow::Result<()> {
+    // Before the read: every commit numbered after this may be missing from the rows.
+    let since = recent.seq();
+    let rows = store.load_training_rows().await?;
+    tokio::task::spawn_blocking(move || {
+        let index = RatedIndex::build(&rows, &snap.model.users, &snap.model.items);
+        let _ = snap.rated.set(Rated { since, index });
+    })
+    .await?;
+    Ok(())
 }
 
 /// Writes the snapshot's model file (temp + fsync + rename) and returns its path.

@@ -3,8 +3,9 @@
 use crate::config::Settings;
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
+use crate::rated::RecentWrites;
 use crate::snapshot::{self, Serving};
-use crate::store::Store;
+use crate::store::{Store, Writer, WriterTask};
 use crate::worker::{Worker, WorkerTask};
 use anyhow::Context;
 use std::future::Future;
@@ -18,6 +19,7 @@ pub struct Application {
     addr: SocketAddr,
     state: AppState,
     worker_task: WorkerTask,
+    writer_task: WriterTask,
 }
 
 impl Application {
@@ -28,11 +30,24 @@ impl Application {
         let settings = Arc::new(settings);
         let store = Store::connect(&settings).await?;
         let serving = Arc::new(Serving::new());
+        let recent = Arc::new(RecentWrites::new());
         let (snap, last_version) = snapshot::load_newest(&store, &settings.models_dir())
             .await
             .context("loading model snapshots")?;
         match snap {
-            Some(s) => serving.publish(Arc::new(s)),
+            Some(s) => {
+                let s = Arc::new(s);
+                serving.publish(s.clone());
+                let (store, recent) = (store.clone(), recent.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = snapshot::index_rated(&store, s, &recent).await {
+                        tracing::warn!(
+                            error = format!("{e:#}"),
+                            "could not index rated items; reading them from the store"
+                        );
+                    }
+                });
+            }
             None => tracing::info!(
                 "no model snapshot yet: serving fallbacks until the first training run"
             ),
@@ -43,12 +58,16 @@ impl Application {
             settings.clone(),
             store.clone(),
             serving.clone(),
+            recent.clone(),
             last_version,
         )
         .await;
+        let (writer, writer_task) = Writer::start(store.clone(), recent.clone());
         let state = AppState {
             settings,
             store,
+            writer,
+            recent,
             serving,
             worker,
             metrics: Arc::new(Metrics::new()),
@@ -58,6 +77,7 @@ impl Application {
             addr,
             state,
             worker_task,
+            writer_task,
         })
     }
 
@@ -92,6 +112,8 @@ impl Application {
         let served = axum::serve(self.listener, app)
             .with_graceful_shutdown(signal)
             .await;
+        // the router (and with it every writer handle) is gone: queued writes commit
+        self.writer_task.finish().await;
         tracing::info!("server stopped; stopping the training worker");
         self.worker_task.shutdown().await;
         store.close().await;

@@ -3,14 +3,15 @@
 use crate::config::Settings;
 use crate::engine::topn::ItemIndex;
 use crate::engine::{self, Dataset, Rating};
-use crate::snapshot::{self, Serving, Snapshot};
+use crate::rated::{RatedIndex, RecentWrites};
+use crate::snapshot::{self, Rated, Serving, Snapshot};
 use crate::store::{Store, TrainingRows};
 use rand::SeedableRng;
 use serde::Serialize;
 use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -44,6 +45,7 @@ struct Inner {
     settings: Arc<Settings>,
     store: Store,
     serving: Arc<Serving>,
+    recent: Arc<RecentWrites>,
     notify: Notify,
     status: Mutex<JobStatus>,
     pending: AtomicU64,
@@ -86,6 +88,7 @@ impl Worker {
         settings: Arc<Settings>,
         store: Store,
         serving: Arc<Serving>,
+        recent: Arc<RecentWrites>,
         last_version: u64,
     ) -> (Worker, WorkerTask) {
         let worker = Worker {
@@ -97,6 +100,7 @@ impl Worker {
                 settings,
                 store,
                 serving,
+                recent,
                 notify: Notify::new(),
                 pending: AtomicU64::new(0),
                 cancel: AtomicBool::new(false),
@@ -241,6 +245,8 @@ impl Worker {
     /// One run. Ok(None): skipped (too little data) or cancelled by shutdown.
     async fn train_and_publish(&self) -> anyhow::Result<Option<u64>> {
         let inner = self.inner.clone();
+        // Before the read: every commit numbered after this may be missing from the rows.
+        let since = inner.recent.seq();
         let rows = inner.store.load_training_rows().await?;
         let min = inner.settings.training.min_ratings.max(1);
         if rows.ratings.len() < min {
@@ -261,6 +267,8 @@ impl Worker {
             let t = &settings.training;
             let (mut data, holdout) =
                 split(&rows, t.holdout_fraction, t.holdout_max, t.holdout_seed);
+            // the model's id maps are the training set's
+            let rated = RatedIndex::build(&rows, &data.users, &data.items);
             drop(rows);
             let mut on_epoch = |e: &engine::EpochStats| {
                 inner2.status.lock().unwrap().epoch = Some(e.epoch);
@@ -289,6 +297,10 @@ impl Worker {
                 holdout_rmse,
                 n_holdout: holdout.len(),
                 n_ratings_total: n_total,
+                rated: OnceLock::from(Rated {
+                    since,
+                    index: rated,
+                }),
             }))
         })
         .await??;
@@ -299,6 +311,7 @@ impl Worker {
         inner.last_version.store(version, Ordering::SeqCst);
         inner.store.insert_model_row(&snap.row()).await?;
         inner.serving.publish(Arc::new(snap));
+        inner.recent.prune(since);
         let (dir, keep) = (
             inner.settings.models_dir(),
             inner.settings.storage.keep_snapshots,

@@ -13,8 +13,9 @@ mod recs;
 use crate::config::Settings;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
+use crate::rated::RecentWrites;
 use crate::snapshot::Serving;
-use crate::store::Store;
+use crate::store::{Store, Writer};
 use crate::worker::Worker;
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::DefaultBodyLimit;
@@ -39,6 +40,10 @@ use tower_http::trace::{DefaultOnResponse, TraceLayer};
 pub struct AppState {
     pub settings: Arc<Settings>,
     pub store: Store,
+    /// All rating writes and deletes go through the group-commit writer.
+    pub writer: Writer,
+    /// Writes committed since the served snapshot's rows were read.
+    pub recent: Arc<RecentWrites>,
     pub serving: Arc<Serving>,
     pub worker: Worker,
     pub metrics: Arc<Metrics>,

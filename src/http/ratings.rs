@@ -50,8 +50,9 @@ pub async fn post_ratings(
         scale: st.settings.model.scale,
     };
     let ratings = parse_ratings_body(&body, &limits, unix_now())?;
-    st.store.upsert_ratings(&ratings).await?;
     let n = ratings.len() as u64;
+    // answers once the group transaction holding these ratings committed
+    st.writer.upsert(ratings).await?;
     st.worker.record_changes(n);
     Ok((StatusCode::CREATED, Json(Accepted { accepted: n })))
 }
@@ -150,7 +151,7 @@ pub async fn delete_rating(
 ) -> Result<StatusCode, ApiError> {
     let user = UserId::parse(&user)?;
     let item = ItemId::parse(&item)?;
-    if st.store.delete_rating(&user, &item).await? {
+    if st.writer.delete(user.clone(), item.clone()).await? {
         st.worker.record_changes(1);
         Ok(StatusCode::NO_CONTENT)
     } else {

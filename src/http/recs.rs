@@ -5,10 +5,10 @@ use super::openapi::{ErrorBody, PathId};
 use super::AppState;
 use crate::domain::{ItemId, UserId};
 use crate::error::ApiError;
+use crate::rated;
 use axum::extract::State;
 use axum::Json;
 use serde::{Deserialize, Serialize};
-use std::collections::HashSet;
 use utoipa::{IntoParams, ToSchema};
 
 /// `n` of the list endpoints.
@@ -125,7 +125,8 @@ pub async fn prediction(
 }
 
 /// `GET /v1/users/{user}/recommendations?n=` — never recommends an item the
-/// user has rated, as of the store now (not as of the snapshot).
+/// user has rated, as of the store now (not as of the snapshot): the snapshot's
+/// rated-items index plus the writes committed since (no query per request).
 #[utoipa::path(
     get,
     path = "/v1/users/{user}/recommendations",
@@ -150,12 +151,29 @@ pub async fn recommendations(
     let n = st.n(q.n)?;
     let (version, fallback, items) = match st.serving.get() {
         Some(snap) => {
-            let rated = st.store.rated_items(&user).await?;
             let m = &snap.model;
-            let seen: HashSet<u32> = rated.iter().filter_map(|i| m.items.get(i)).collect();
-            let (fallback, list) = match m.users.get(user.as_str()) {
-                Some(u) => (false, snap.index.top_n(m, u, n, |i| seen.contains(&i))),
-                None => (true, m.popular(n, |i| seen.contains(&i))),
+            let u = m.users.get(user.as_str());
+            // the snapshot's index plus the writes since; the store when that is not possible
+            let from_memory = snap
+                .rated
+                .get()
+                .and_then(|r| rated::rated_now(m, &r.index, r.since, &st.recent, user.as_str(), u));
+            let seen = match from_memory {
+                Some(bits) => bits,
+                None => {
+                    let mut bits = vec![0u64; m.n_items().div_ceil(64)];
+                    for i in st.store.rated_items(&user).await? {
+                        if let Some(i) = m.items.get(&i) {
+                            bits[i as usize / 64] |= 1 << (i % 64);
+                        }
+                    }
+                    bits
+                }
+            };
+            let seen = |i| rated::contains(&seen, i);
+            let (fallback, list) = match u {
+                Some(u) => (false, snap.index.top_n(m, u, n, seen)),
+                None => (true, m.popular(n, seen)),
             };
             let named = list.into_iter().map(|(i, s)| (m.items.id(i).to_owned(), s));
             (Some(snap.version), fallback, scored(named))

@@ -9,13 +9,15 @@
 mod bulk;
 mod scan;
 mod sqlite;
+mod writer;
 
 pub use bulk::{ImportRow, ImportStats};
+pub use writer::{Writer, WriterTask};
 
 use crate::config::Settings;
 use crate::domain::{ItemId, NewRating, UserId};
 use serde::Serialize;
-use sqlx::sqlite::SqlitePool;
+use sqlx::sqlite::{SqliteConnection, SqlitePool};
 use sqlx::{QueryBuilder, Sqlite};
 use std::collections::HashMap;
 
@@ -90,33 +92,10 @@ impl Store {
 
     /// Writes a batch in one transaction: all or nothing. Within the batch a
     /// later rating of the same (user, item) pair replaces an earlier one.
+    /// (The service writes through [`Writer`], which groups concurrent requests.)
     pub async fn upsert_ratings(&self, ratings: &[NewRating]) -> Result<(), StoreError> {
-        // Last one wins inside the batch (also keeps one statement from touching a row twice).
-        let mut last: HashMap<(&str, &str), usize> = HashMap::with_capacity(ratings.len());
-        for (i, r) in ratings.iter().enumerate() {
-            last.insert((r.user.as_str(), r.item.as_str()), i);
-        }
-        let mut keep: Vec<usize> = last.into_values().collect();
-        keep.sort_unstable();
-
         let mut tx = self.pool.begin().await?;
-        let users = intern(&mut tx, "users", ratings.iter().map(|r| r.user.as_str())).await?;
-        let items = intern(&mut tx, "items", ratings.iter().map(|r| r.item.as_str())).await?;
-        for chunk in keep.chunks(ROWS_PER_INSERT) {
-            let mut qb: QueryBuilder<Sqlite> =
-                QueryBuilder::new("INSERT INTO ratings (user_id, item_id, rating, ts) ");
-            qb.push_values(chunk, |mut b, &i| {
-                let r = &ratings[i];
-                b.push_bind(users[r.user.as_str()])
-                    .push_bind(items[r.item.as_str()])
-                    .push_bind(r.value.get() as f64)
-                    .push_bind(r.timestamp);
-            });
-            qb.push(
-                " ON CONFLICT (user_id, item_id) DO UPDATE SET rating = excluded.rating, ts = excluded.ts",
-            );
-            qb.build().execute(&mut *tx).await?;
-        }
+        upsert_in(&mut tx, ratings).await?;
         tx.commit().await
     }
 
@@ -156,15 +135,8 @@ impl Store {
 
     /// Deletes one rating; false when there was none.
     pub async fn delete_rating(&self, user: &UserId, item: &ItemId) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "DELETE FROM ratings WHERE user_id = (SELECT id FROM users WHERE ext_id = ?) \
-             AND item_id = (SELECT id FROM items WHERE ext_id = ?)",
-        )
-        .bind(user.as_str())
-        .bind(item.as_str())
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() > 0)
+        let mut conn = self.pool.acquire().await?;
+        delete_in(&mut conn, user, item).await
     }
 
     /// External ids of every item the user has rated (as of now, not as of the model).
@@ -298,10 +270,58 @@ impl Store {
     }
 }
 
+/// Upserts a batch on `conn` (inside the caller's transaction). Within the batch a
+/// later rating of the same (user, item) pair replaces an earlier one.
+async fn upsert_in(conn: &mut SqliteConnection, ratings: &[NewRating]) -> Result<(), StoreError> {
+    // Last one wins inside the batch (also keeps one statement from touching a row twice).
+    let mut last: HashMap<(&str, &str), usize> = HashMap::with_capacity(ratings.len());
+    for (i, r) in ratings.iter().enumerate() {
+        last.insert((r.user.as_str(), r.item.as_str()), i);
+    }
+    let mut keep: Vec<usize> = last.into_values().collect();
+    keep.sort_unstable();
+
+    let users = intern(conn, "users", ratings.iter().map(|r| r.user.as_str())).await?;
+    let items = intern(conn, "items", ratings.iter().map(|r| r.item.as_str())).await?;
+    for chunk in keep.chunks(ROWS_PER_INSERT) {
+        let mut qb: QueryBuilder<Sqlite> =
+            QueryBuilder::new("INSERT INTO ratings (user_id, item_id, rating, ts) ");
+        qb.push_values(chunk, |mut b, &i| {
+            let r = &ratings[i];
+            b.push_bind(users[r.user.as_str()])
+                .push_bind(items[r.item.as_str()])
+                .push_bind(r.value.get() as f64)
+                .push_bind(r.timestamp);
+        });
+        qb.push(
+            " ON CONFLICT (user_id, item_id) DO UPDATE SET rating = excluded.rating, ts = excluded.ts",
+        );
+        qb.build().execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// Deletes one rating on `conn`; false when there was none.
+async fn delete_in(
+    conn: &mut SqliteConnection,
+    user: &UserId,
+    item: &ItemId,
+) -> Result<bool, StoreError> {
+    let done = sqlx::query(
+        "DELETE FROM ratings WHERE user_id = (SELECT id FROM users WHERE ext_id = ?) \
+         AND item_id = (SELECT id FROM items WHERE ext_id = ?)",
+    )
+    .bind(user.as_str())
+    .bind(item.as_str())
+    .execute(&mut *conn)
+    .await?;
+    Ok(done.rows_affected() > 0)
+}
+
 /// Inserts the distinct `ids` into `table` (ignoring ones already there) and
 /// returns the key of each.
 async fn intern<'a>(
-    tx: &mut sqlx::Transaction<'_, Sqlite>,
+    conn: &mut SqliteConnection,
     table: &str,
     ids: impl Iterator<Item = &'a str>,
 ) -> Result<HashMap<&'a str, i64>, StoreError> {
@@ -316,7 +336,7 @@ async fn intern<'a>(
             b.push_bind(*id);
         });
         qb.push(" ON CONFLICT (ext_id) DO NOTHING");
-        qb.build().execute(&mut **tx).await?;
+        qb.build().execute(&mut *conn).await?;
 
         let mut qb: QueryBuilder<Sqlite> =
             QueryBuilder::new(format!("SELECT id, ext_id FROM {table} WHERE ext_id IN ("));
@@ -325,7 +345,7 @@ async fn intern<'a>(
             sep.push_bind(*id);
         }
         qb.push(")");
-        let rows: Vec<(i64, String)> = qb.build_query_as().fetch_all(&mut **tx).await?;
+        let rows: Vec<(i64, String)> = qb.build_query_as().fetch_all(&mut *conn).await?;
         for (key, ext) in rows {
             if let Ok(pos) = chunk.binary_search(&ext.as_str()) {
                 keys.insert(chunk[pos], key);

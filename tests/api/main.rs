@@ -6,6 +6,7 @@ mod errors;
 mod guard;
 mod hostile;
 mod import;
+mod ingest;
 mod lifecycle;
 mod openapi;
 mod ratings;

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# HTTP serving benchmark (issue #4) on loopback, bounded in time (about
+# ROUNDS × 3 × SECS + training, ~2 min with the defaults), stops by itself and kills the
+# server on exit. Needs wrk, curl, python3 and MovieLens 100K (../shared/data/ml-100k).
+#
+# Builds the release binary, imports u1.base (80,000 ratings) into a throw-away data dir,
+# starts the server with a model that trains in seconds (sgd, 100 factors, 40 epochs, one
+# training thread; retraining off so nothing trains during the measurement), waits for the
+# first model, then runs wrk (BENCH_THREADS=2 threads, BENCH_CONNECTIONS=64 connections,
+# BENCH_SECS=10 s each) BENCH_ROUNDS=3 times over, interleaved:
+#   healthz     GET /healthz
+#   prediction  GET /v1/users/{u}/predictions/{i}  random known user 1..943, item 1..1682
+#   top10       GET /v1/users/{u}/recommendations?n=10  random known user
+# and prints req/s, p50 and p99 per run, the medians, the top10/healthz throughput ratio
+# per round and whether the targets hold (exit 1 if not).
+#
+#   scripts/bench-serve.sh      # BENCH_SECS=10 BENCH_ROUNDS=3 BENCH_CONNECTIONS=64 BENCH_THREADS=2
+source "$(dirname "$0")/bench-common.sh"
+
+seed_store
+export FUNKREC__MODEL__TRAINER=sgd FUNKREC__MODEL__FACTORS=100 FUNKREC__MODEL__EPOCHS=40 \
+  FUNKREC__MODEL__THREADS=1 FUNKREC__TRAINING__RETRAIN_AFTER_RATINGS=0 \
+  FUNKREC__TRAINING__RETRAIN_INTERVAL_SECS=0
+start_server
+echo "== server on $BASE; model: sgd, 100 factors, 40 epochs (trains at start)"
+wait_for_model
+machine_note
+for round in $(seq 1 "$ROUNDS"); do
+  run_wrk healthz "$round" "$CONN" healthz.lua /healthz
+  run_wrk prediction "$round" "$CONN" predict.lua /
+  run_wrk top10 "$round" "$CONN" recs.lua /
+done
+kill -0 "$SERVER_PID" 2>/dev/null || { echo "the server died"; tail -50 "$DATA/server.log"; exit 1; }
+python3 "$ROOT/scripts/bench-summary.py" "$RESULTS" serve "$CONN" 0

@@ -1,0 +1,298 @@
+//! Which items a user has rated, without a database query per request: a per-snapshot index plus the writes since.
+//!
+//! * [`RatedIndex`] is built from the rows a training run (or the start-up load) read
+//!   from the store, in the model's item index space, and is stored in the snapshot.
+//! * [`RecentWrites`] records every committed write and delete (the group-commit
+//!   writer records them, in commit order, before answering). Each commit gets a
+//!   sequence number; a snapshot remembers the number current when its rows were read
+//!   (`since`), so the rated set as of *now* is the index plus the recorded writes
+//!   with a larger number (the latest operation on a pair wins).
+//! * Entries a published snapshot already covers are pruned. If the recent writes grow
+//!   beyond [`MAX_RECENT`] they are dropped; [`RecentWrites::floor`] then says which
+//!   snapshots can no longer be completed from memory, and the caller falls back to the
+//!   store.
+
+use crate::engine::{IdMap, Model};
+use crate::store::TrainingRows;
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+/// Pairs kept in [`RecentWrites`] before it gives up (and readers query the store
+/// until the next snapshot). About 100 bytes each.
+pub const MAX_RECENT: usize = 500_000;
+
+/// Items each user had rated when a snapshot's rows were read (model index space).
+#[derive(Debug, Default)]
+pub struct RatedIndex {
+    /// By model user index: sorted model item indices.
+    known: Vec<Box<[u32]>>,
+    /// Users the model does not know (e.g. all their ratings were held out).
+    other: HashMap<String, Box<[u32]>>,
+}
+
+impl RatedIndex {
+    /// From training rows (ordered by user key) and the model's id maps; items the
+    /// model does not know are left out (they are never recommended anyway).
+    pub fn build(rows: &TrainingRows, users: &IdMap, items: &IdMap) -> RatedIndex {
+        let dense = |pairs: &[(i64, String)], map: &IdMap| -> HashMap<u32, Option<u32>> {
+            pairs
+                .iter()
+                .filter_map(|(k, id)| Some((u32::try_from(*k).ok()?, map.get(id))))
+                .collect()
+        };
+        let item_of = dense(&rows.items, items);
+        let user_name: HashMap<u32, &str> = rows
+            .users
+            .iter()
+            .filter_map(|(k, id)| Some((u32::try_from(*k).ok()?, id.as_str())))
+            .collect();
+        let mut known: Vec<Vec<u32>> = vec![Vec::new(); users.len()];
+        let mut other: HashMap<String, Vec<u32>> = HashMap::new();
+        let mut current: Option<(u32, Option<u32>)> = None;
+        for &(u, i, _) in &rows.ratings {
+            let Some(Some(item)) = item_of.get(&i).copied() else {
+                continue;
+            };
+            let slot = match current {
+                Some((key, slot)) if key == u => slot,
+                _ => {
+                    let Some(name) = user_name.get(&u) else {
+                        continue;
+                    };
+                    let slot = users.get(name);
+                    if slot.is_none() {
+                        other.entry((*name).to_owned()).or_default();
+                    }
+                    current = Some((u, slot));
+                    slot
+                }
+            };
+            match slot {
+                Some(s) => known[s as usize].push(item),
+                None => {
+                    if let Some(v) = user_name.get(&u).and_then(|n| other.get_mut(*n)) {
+                        v.push(item);
+                    }
+                }
+            }
+        }
+        let seal = |mut v: Vec<u32>| {
+            v.sort_unstable();
+            v.dedup();
+            v.into_boxed_slice()
+        };
+        RatedIndex {
+            known: known.into_iter().map(seal).collect(),
+            other: other.into_iter().map(|(k, v)| (k, seal(v))).collect(),
+        }
+    }
+
+    /// Items `user` (model index `index`, if known) had rated.
+    pub fn items(&self, user: &str, index: Option<u32>) -> &[u32] {
+        match index {
+            Some(u) => self.known.get(u as usize).map(|b| &b[..]).unwrap_or(&[]),
+            None => self.other.get(user).map(|b| &b[..]).unwrap_or(&[]),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    seq: u64,
+    rated: bool,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    seq: u64,
+    floor: u64,
+    len: usize,
+    by_user: HashMap<String, HashMap<String, Entry>>,
+}
+
+/// Committed writes and deletes since the oldest snapshot still completed from memory.
+#[derive(Debug, Default)]
+pub struct RecentWrites {
+    inner: Mutex<Inner>,
+}
+
+impl RecentWrites {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The sequence number of the last recorded commit. Read it *before* reading rows
+    /// for a snapshot: every commit with a larger number may be missing from them.
+    pub fn seq(&self) -> u64 {
+        self.inner.lock().unwrap().seq
+    }
+
+    /// Snapshots whose `since` is below this cannot be completed from memory.
+    pub fn floor(&self) -> u64 {
+        self.inner.lock().unwrap().floor
+    }
+
+    /// Records one committed transaction: `rated` pairs written, or deleted when false.
+    pub fn record<'a>(&self, pairs: impl IntoIterator<Item = (&'a str, &'a str)>, rated: bool) {
+        let mut g = self.inner.lock().unwrap();
+        g.seq += 1;
+        let seq = g.seq;
+        let Inner { len, by_user, .. } = &mut *g;
+        for (user, item) in pairs {
+            let items = match by_user.get_mut(user) {
+                Some(m) => m,
+                None => by_user.entry(user.to_owned()).or_default(),
+            };
+            match items.get_mut(item) {
+                Some(e) => *e = Entry { seq, rated },
+                None => {
+                    items.insert(item.to_owned(), Entry { seq, rated });
+                    *len += 1;
+                }
+            }
+        }
+        if g.len > MAX_RECENT {
+            tracing::warn!(
+                pairs = g.len,
+                "too many writes since the last snapshot to track in memory: rated items \
+                 are read from the store until the next snapshot"
+            );
+            g.by_user.clear();
+            g.len = 0;
+            g.floor = seq;
+        }
+    }
+
+    /// Forgets what a snapshot with `since` covers (called once it is published).
+    pub fn prune(&self, since: u64) {
+        let mut g = self.inner.lock().unwrap();
+        if since <= g.floor {
+            return;
+        }
+        g.floor = since;
+        let mut removed = 0;
+        g.by_user.retain(|_, items| {
+            let before = items.len();
+            items.retain(|_, e| e.seq > since);
+            removed += before - items.len();
+            !items.is_empty()
+        });
+        g.len -= removed;
+    }
+
+    /// Calls `apply(item, rated)` for the user's latest operation on each pair recorded
+    /// after `since`. False when entries after `since` may have been dropped (the
+    /// caller must ask the store instead).
+    pub fn changes_since(&self, user: &str, since: u64, mut apply: impl FnMut(&str, bool)) -> bool {
+        let g = self.inner.lock().unwrap();
+        if since < g.floor {
+            return false;
+        }
+        if let Some(items) = g.by_user.get(user) {
+            for (item, e) in items {
+                if e.seq > since {
+                    apply(item, e.rated);
+                }
+            }
+        }
+        true
+    }
+}
+
+/// The items a user has rated now, as a bit set over the snapshot model's items:
+/// the index of the snapshot plus the recent writes. None when the recent writes
+/// no longer reach back to the snapshot (ask the store).
+pub fn rated_now(
+    model: &Model,
+    index: &RatedIndex,
+    since: u64,
+    recent: &RecentWrites,
+    user: &str,
+    user_index: Option<u32>,
+) -> Option<Vec<u64>> {
+    let mut bits = vec![0u64; model.n_items().div_ceil(64)];
+    for &i in index.items(user, user_index) {
+        bits[i as usize / 64] |= 1 << (i % 64);
+    }
+    let complete = recent.changes_since(user, since, |item, rated| {
+        if let Some(i) = model.items.get(item) {
+            let (w, b) = (i as usize / 64, 1u64 << (i % 64));
+            if rated {
+                bits[w] |= b;
+            } else {
+                bits[w] &= !b;
+            }
+        }
+    });
+    complete.then_some(bits)
+}
+
+/// Whether bit `i` is set.
+pub fn contains(bits: &[u64], i: u32) -> bool {
+    bits.get(i as usize / 64)
+        .is_some_and(|w| w & (1 << (i % 64)) != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(names: &[&str]) -> IdMap {
+        let mut m = IdMap::new();
+        for n in names {
+            m.intern(n);
+        }
+        m
+    }
+
+    #[test]
+    fn index_maps_keys_to_model_indices_and_keeps_unknown_users() {
+        let rows = TrainingRows {
+            users: vec![(1, "a".into()), (2, "ghost".into()), (3, "b".into())],
+            items: vec![(10, "x".into()), (11, "y".into()), (12, "held".into())],
+            ratings: vec![
+                (1, 10, 4.0),
+                (1, 12, 3.0),
+                (2, 11, 5.0),
+                (3, 11, 1.0),
+                (3, 10, 2.0),
+            ],
+        };
+        let users = ids(&["b", "a"]);
+        let items = ids(&["y", "x"]);
+        let idx = RatedIndex::build(&rows, &users, &items);
+        assert_eq!(idx.items("a", Some(1)), &[1]); // x; "held" is unknown to the model
+        assert_eq!(idx.items("b", Some(0)), &[0, 1]);
+        assert_eq!(idx.items("ghost", None), &[0]);
+        assert_eq!(idx.items("nobody", None), &[] as &[u32]);
+    }
+
+    #[test]
+    fn recent_writes_latest_operation_wins_and_prune_and_overflow_raise_the_floor() {
+        let r = RecentWrites::new();
+        let since = r.seq();
+        r.record([("u", "a"), ("u", "b")], true);
+        r.record([("u", "a")], false);
+        let mut seen = Vec::new();
+        assert!(r.changes_since("u", since, |i, rated| seen.push((i.to_owned(), rated))));
+        seen.sort();
+        assert_eq!(seen, [("a".to_owned(), false), ("b".to_owned(), true)]);
+        // a snapshot taken after the first commit only needs the second
+        let mut n = 0;
+        assert!(r.changes_since("u", since + 1, |_, _| n += 1));
+        assert_eq!(n, 1);
+        r.prune(since + 1);
+        assert!(
+            !r.changes_since("u", since, |_, _| {}),
+            "pruned entries are gone"
+        );
+        assert!(r.changes_since("u", since + 1, |_, _| {}));
+        // overflow drops everything and raises the floor to the last commit
+        let many: Vec<(String, String)> = (0..=MAX_RECENT)
+            .map(|k| ("v".to_owned(), format!("i{k}")))
+            .collect();
+        r.record(many.iter().map(|(u, i)| (u.as_str(), i.as_str())), true);
+        assert_eq!(r.floor(), r.seq());
+        assert!(!r.changes_since("v", since + 1, |_, _| {}));
+    }
+}
