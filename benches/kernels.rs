@@ -101,12 +101,8 @@ fn top_n(c: &mut Criterion) {
     g.bench_function("top10_17770_items_k100", |b| {
         b.iter(|| model.top_n(black_box(0), 10, |i| rated[i as usize]))
     });
-    let rows = funkrec::engine::topn::RowIndex::new(&model);
-    g.bench_function("top10_17770_items_k100_int8_index", |b| {
-        b.iter(|| rows.top_n(&model, black_box(0), 10, |i| rated[i as usize]))
-    });
     let index = funkrec::engine::topn::ItemIndex::new(&model);
-    g.bench_function("top10_17770_items_k100_int8_blocked", |b| {
+    g.bench_function("top10_17770_items_k100_int8_index", |b| {
         b.iter(|| index.top_n(&model, black_box(0), 10, |i| rated[i as usize]))
     });
     g.finish();

@@ -201,17 +201,24 @@ impl ItemIndex {
         if (p_max > 0.0 && t < f32::MIN_POSITIVE) || p_l1 * self.q_max as f64 > 1e30 {
             return None;
         }
-        let mut codes = vec![0i8; self.groups * GROUP];
-        if t > 0.0 {
-            for (c, &x) in codes.iter_mut().zip(p) {
-                *c = (x / t).round().clamp(-QMAX, QMAX) as i8;
-            }
-        }
-        let words = codes
-            .chunks_exact(GROUP)
-            .map(|c| i32::from_le_bytes([c[0] as u8, c[1] as u8, c[2] as u8, c[3] as u8]))
+        let code = |x: f32| match t > 0.0 {
+            true => (x / t).round().clamp(-QMAX, QMAX) as i8,
+            false => 0,
+        };
+        let mut sum = 0i32;
+        let words = p
+            .chunks(GROUP)
+            .map(|xs| {
+                let mut bytes = [0u8; GROUP];
+                for (b, &x) in bytes.iter_mut().zip(xs) {
+                    let c = code(x);
+                    sum += c as i32;
+                    *b = c as u8;
+                }
+                i32::from_le_bytes(bytes)
+            })
             .collect();
-        let corr = OFFSET * codes.iter().map(|&c| c as i32).sum::<i32>();
+        let corr = OFFSET * sum;
         // |p·q_i − s_i·t·D_i| ≤ s_i·(‖p‖₁/2 + t/2·‖c_i‖₁) (item, then query
         // quantisation); f32 rounding adds ≤ ε·(|b_i| + 127·s_i·(‖p‖₁ + k·t)).
         // The 1e-3 margin covers rounding in computing the bound itself.
@@ -375,219 +382,6 @@ unsafe fn pass1_avx2(
         };
         let mask = (0..LANES).fold(0u32, |m, l| m | ((ub[l] >= threshold) as u32) << l);
         threshold = admit(b * LANES, mask, &lb, &ub, ix.n_items, exclude, lower, cands);
-    }
-}
-
-/// The previous row-major int8 index (f32 query, float FMA per code); kept
-/// only to compare against in the same benchmark run.
-#[doc(hidden)]
-#[derive(Debug, Clone, PartialEq)]
-pub struct RowIndex {
-    k: usize,
-    codes: Vec<i8>,
-    scales: Vec<f32>,
-}
-
-const ROW_MIN_ITEMS: usize = 1024;
-
-impl RowIndex {
-    pub fn new(model: &Model) -> Self {
-        let k = model.factors();
-        let q = model.item_factors.as_slice().expect("row-major factors");
-        let n = model.n_items();
-        let mut codes = vec![0i8; n * k];
-        let mut scales = vec![0.0f32; n];
-        if k > 0 {
-            for ((row, out), s) in q
-                .chunks_exact(k)
-                .zip(codes.chunks_exact_mut(k))
-                .zip(&mut scales)
-            {
-                let max = row.iter().fold(0.0f32, |m, x| m.max(x.abs()));
-                *s = if max > 0.0 && max.is_finite() {
-                    max / 127.0
-                } else {
-                    0.0
-                };
-                if *s > 0.0 {
-                    for (c, &x) in out.iter_mut().zip(row) {
-                        *c = (x / *s).round().clamp(-127.0, 127.0) as i8;
-                    }
-                }
-            }
-        }
-        RowIndex { k, codes, scales }
-    }
-
-    /// Bytes held by the index.
-    pub fn size_bytes(&self) -> usize {
-        self.codes.len() + 4 * self.scales.len()
-    }
-
-    /// The same result as [`Model::top_n`] (items and clamped scores), faster on
-    /// big catalogues. `model` must be the one the index was built from.
-    pub fn top_n(
-        &self,
-        model: &Model,
-        u: u32,
-        n: usize,
-        exclude: impl Fn(u32) -> bool,
-    ) -> Vec<(u32, f32)> {
-        let ni = model.n_items();
-        if ni < ROW_MIN_ITEMS || self.k == 0 || self.k != model.factors() || self.scales.len() != ni
-        {
-            return model.top_n(u, n, exclude);
-        }
-        let p = model.user_row(u);
-        let bias = model.item_bias.as_slice().expect("contiguous biases");
-        let p_l1: f32 = p.iter().map(|x| x.abs()).sum();
-        // Pass 1: approximate score and bound per item; the n-th best lower bound.
-        let mut upper = vec![f32::NEG_INFINITY; ni];
-        let mut lower_top = TopK::new(n);
-        self.pass1(p, p_l1, bias, &exclude, &mut upper, &mut lower_top);
-        let Some(threshold) = lower_top.into_sorted().last().map(|x| x.1) else {
-            return Vec::new();
-        };
-        // Pass 2: exact f32 scores for the items that can still reach the top n.
-        let q = model.item_factors.as_slice().expect("row-major factors");
-        let mut top = TopK::new(n);
-        for (i, &ub) in upper.iter().enumerate() {
-            if ub >= threshold {
-                top.push(scan_score(p, q, bias, i), i as u32);
-            }
-        }
-        let base = model.global_mean + model.user_bias[u as usize];
-        top.into_sorted()
-            .into_iter()
-            .map(|(i, s)| (i, model.hyper.scale.clamp(base + s)))
-            .collect()
-    }
-
-    fn pass1(
-        &self,
-        p: &[f32],
-        p_l1: f32,
-        bias: &[f32],
-        exclude: &impl Fn(u32) -> bool,
-        upper: &mut [f32],
-        lower_top: &mut TopK,
-    ) {
-        #[cfg(target_arch = "x86_64")]
-        if super::model::has_avx2_fma() {
-            // SAFETY: the CPU has the features the function is compiled for.
-            unsafe { row_pass1_avx2(self, p, p_l1, bias, exclude, upper, lower_top) };
-            return;
-        }
-        row_pass1_generic(self, p, p_l1, bias, exclude, upper, lower_top);
-    }
-}
-
-#[inline(always)]
-fn dot_i8(p: &[f32], c: &[i8]) -> f32 {
-    let n = p.len().min(c.len());
-    let (p, c) = (&p[..n], &c[..n]);
-    let mut acc = [0.0f32; 8];
-    let mut cp = p.chunks_exact(8);
-    let mut cc = c.chunks_exact(8);
-    for (x, y) in (&mut cp).zip(&mut cc) {
-        for l in 0..8 {
-            acc[l] += x[l] * y[l] as f32;
-        }
-    }
-    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-    for (x, y) in cp.remainder().iter().zip(cc.remainder()) {
-        s += x * *y as f32;
-    }
-    s
-}
-
-/// Stores item `i`'s upper bound and offers its lower bound to the top-n of lower bounds.
-#[inline(always)]
-fn record(i: usize, approx: f32, s: f32, p_l1: f32, ub: &mut f32, lower_top: &mut TopK) {
-    // Quantisation error ≤ ‖p‖₁·s/2; the slack covers f32 rounding of both sums.
-    let err = 0.5 * s * p_l1 + 1e-4 * (approx.abs() + 127.0 * s * p_l1) + 1e-6;
-    *ub = approx + err;
-    lower_top.push(approx - err, i as u32);
-}
-
-#[inline(always)]
-fn row_pass1_generic(
-    ix: &RowIndex,
-    p: &[f32],
-    p_l1: f32,
-    bias: &[f32],
-    exclude: &impl Fn(u32) -> bool,
-    upper: &mut [f32],
-    lower_top: &mut TopK,
-) {
-    let k = ix.k;
-    for (i, ((codes, &s), ub)) in ix
-        .codes
-        .chunks_exact(k)
-        .zip(&ix.scales)
-        .zip(upper.iter_mut())
-        .enumerate()
-    {
-        if exclude(i as u32) {
-            continue;
-        }
-        record(i, bias[i] + s * dot_i8(p, codes), s, p_l1, ub, lower_top);
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn row_pass1_avx2(
-    ix: &RowIndex,
-    p: &[f32],
-    p_l1: f32,
-    bias: &[f32],
-    exclude: &impl Fn(u32) -> bool,
-    upper: &mut [f32],
-    lower_top: &mut TopK,
-) {
-    use std::arch::x86_64::*;
-    let k = ix.k;
-    let full = k / 8 * 8;
-    for (i, ((codes, &s), ub)) in ix
-        .codes
-        .chunks_exact(k)
-        .zip(&ix.scales)
-        .zip(upper.iter_mut())
-        .enumerate()
-    {
-        if exclude(i as u32) {
-            continue;
-        }
-        let mut acc0 = _mm256_setzero_ps();
-        let mut acc1 = _mm256_setzero_ps();
-        let mut o = 0;
-        while o + 16 <= full {
-            let c0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(
-                codes.as_ptr().add(o) as *const __m128i,
-            )));
-            let c1 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(
-                codes.as_ptr().add(o + 8) as *const __m128i,
-            )));
-            acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(p.as_ptr().add(o)), c0, acc0);
-            acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(p.as_ptr().add(o + 8)), c1, acc1);
-            o += 16;
-        }
-        if o < full {
-            let c0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(
-                codes.as_ptr().add(o) as *const __m128i,
-            )));
-            acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(p.as_ptr().add(o)), c0, acc0);
-            o += 8;
-        }
-        let mut lanes = [0.0f32; 8];
-        _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_add_ps(acc0, acc1));
-        let mut d = ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5]))
-            + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
-        for j in o..k {
-            d += p[j] * codes[j] as f32;
-        }
-        record(i, bias[i] + s * d, s, p_l1, ub, lower_top);
     }
 }
 
