@@ -285,6 +285,16 @@ impl TopK {
         }
     }
 
+    /// The score a new item must beat to enter: the n-th best so far, or −∞
+    /// while fewer than `n` are held.
+    #[inline]
+    pub fn threshold(&self) -> f32 {
+        match self.heap.peek() {
+            Some(worst) if self.heap.len() >= self.n => worst.0,
+            _ => f32::NEG_INFINITY,
+        }
+    }
+
     pub fn into_sorted(self) -> Vec<(u32, f32)> {
         // into_sorted_vec is ascending by Ord, which is descending by score.
         self.heap
