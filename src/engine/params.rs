@@ -125,7 +125,7 @@ pub struct Hyper {
     /// `funk` only: sweeps over all factors (1 = classic Funk; more = backfitting).
     pub funk_cycles: usize,
     pub seed: u64,
-    /// Worker threads for training (1 = deterministic serial).
+    /// Worker threads for training (the result does not depend on the count).
     pub threads: usize,
     pub scale: Scale,
 }
