@@ -4,8 +4,8 @@
 # then SOAK_SECS (60) of mixed traffic from examples/loadgen.rs — 90 % reads (predictions,
 # recommendations, similar items), 10 % rating writes — with a retrain requested midway that
 # must swap the served snapshot. Reports requests, errors (must be 0), p50/p99 and the
-# server's resident memory (VmRSS) at the start and end of the traffic (growth must stay
-# under 10 %). Stops by itself; kills the server on exit.
+# server's resident memory (VmRSS) at the start and end of the traffic, both with the
+# worker idle (growth must stay under 10 %). Stops by itself; kills the server on exit.
 #
 #   scripts/soak.sh                      # SOAK_SECS=60 SOAK_CONCURRENCY=16
 set -euo pipefail
@@ -78,10 +78,13 @@ RSS_BOOT=$(rss)
 WARMUP=${SOAK_WARMUP_SECS:-20}
 "$LOADGEN" --base "$BASE" --duration "$WARMUP" --concurrency "$CONC" --train-at 2 --seed 99 >/dev/null 2>&1 || true
 # the warm-up may have queued a retrain (its writes): let the worker go idle
-for _ in $(seq 1 240); do
-  curl -fsS "$BASE/v1/model" | python3 -c 'import json,sys; t=json.load(sys.stdin)["training"]; sys.exit(0 if not t["running"] and not t["queued"] else 1)' && break
-  sleep 0.5
-done
+wait_idle() {
+  for _ in $(seq 1 240); do
+    curl -fsS "$BASE/v1/model" | python3 -c 'import json,sys; t=json.load(sys.stdin)["training"]; sys.exit(0 if not t["running"] and not t["queued"] else 1)' && break
+    sleep 0.5
+  done
+}
+wait_idle
 
 RSS_START=$(rss)
 echo "== $SECS s of mixed traffic, $CONC connections (RSS at start: $RSS_START kB)"
@@ -90,6 +93,10 @@ SAMPLER=$!
 status=0
 timeout --kill-after=30 $((SECS + 200)) "$LOADGEN" --base "$BASE" --duration "$SECS" \
   --concurrency "$CONC" --train-at $((SECS / 3)) >"$DATA/summary.json" || status=$?
+RSS_TRAFFIC_END=$(rss)
+# "end" in the same state as "start": traffic over and the worker idle (a retrain
+# requested by the last writes would otherwise be measured at its peak)
+wait_idle
 RSS_END=$(rss)
 kill "$SAMPLER" 2>/dev/null || true
 cat "$DATA/summary.json"
@@ -97,7 +104,7 @@ echo "VmRSS every 5 s (kB): $(tr '\n' ' ' <"$DATA/rss.txt")"
 kill -0 "$SERVER_PID" 2>/dev/null || { echo "the server died"; tail -50 "$DATA/server.log"; exit 1; }
 
 GROWTH=$(python3 -c "print(round(100.0 * ($RSS_END - $RSS_START) / $RSS_START, 1))")
-echo "RSS: after first model $RSS_BOOT kB, start of traffic $RSS_START kB, end $RSS_END kB (growth $GROWTH %)"
+echo "RSS: after first model $RSS_BOOT kB, start of traffic $RSS_START kB, when traffic stopped $RSS_TRAFFIC_END kB, end (worker idle) $RSS_END kB (growth $GROWTH %)"
 if grep -q '"level":"ERROR"\| ERROR ' "$DATA/server.log"; then
   echo "the server logged errors:"; grep '"level":"ERROR"\| ERROR ' "$DATA/server.log" | head; status=1
 fi
