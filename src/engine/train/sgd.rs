@@ -197,10 +197,6 @@ unsafe fn prefetch_rows(r: Option<&Rating>, m: Params) {
 /// # Safety
 /// Every rating's user and item must index rows of `m`, and no other thread
 /// may access those rows meanwhile.
-///
-/// # Safety
-/// Every rating's user and item must index rows of `m`, and no other thread
-/// may access those rows meanwhile.
 #[inline(always)]
 unsafe fn block_kernel<const FMA: bool>(ratings: &[Rating], m: Params, rates: &Rates) -> f64 {
     // Two cursors, one in each half of the block, alternate: in a block sorted
@@ -274,10 +270,10 @@ pub fn grid_size(threads: usize, n: usize) -> usize {
     (2 * threads).max(16).max(by_size).min(4096)
 }
 
-/// A block's slice of P larger than this is walked in user order (stable sort
-/// of the shuffled block), so consecutive updates reuse the same user row and
-/// P is read almost sequentially; smaller slices stay in cache anyway and keep
-/// the fully random order.
+/// A block's slice of P larger than this is walked in user order (users in
+/// their seeded random rank within the bin), so consecutive updates reuse the
+/// same user row and P is read almost sequentially; smaller slices stay in
+/// cache anyway and are shuffled instead.
 const SORT_ABOVE_BYTES: usize = 1 << 20;
 
 /// A seeded random assignment of `n` ids to `nb` (almost) equal bins: the bin
