@@ -107,7 +107,8 @@ struct Inner {
     seq: u64,
     floor: u64,
     len: usize,
-    by_user: HashMap<String, HashMap<String, Entry>>,
+    /// foldhash (seeded per process): these hashes are on the write path.
+    by_user: foldhash::HashMap<String, foldhash::HashMap<String, Entry>>,
 }
 
 /// Committed writes and deletes since the oldest snapshot still completed from memory.

@@ -62,7 +62,7 @@ impl Application {
             last_version,
         )
         .await;
-        let (writer, writer_task) = Writer::start(store.clone(), recent.clone());
+        let (writer, writer_task) = Writer::start(&store, recent.clone())?;
         let state = AppState {
             settings,
             store,

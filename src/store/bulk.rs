@@ -9,6 +9,25 @@ const ROWS_PER_STATEMENT: usize = 4000;
 /// Ratings per transaction.
 const ROWS_PER_TRANSACTION: usize = 1_000_000;
 
+/// Folds the whole delta (what the service wrote since its writer last folded) into
+/// `ratings`. Each import transaction starts with it, so a rating the import writes
+/// afterwards replaces an older one of the same pair, and one the service acknowledges
+/// later (into the delta) replaces the import's.
+const FOLD_DELTA: &str = "\
+    INSERT INTO ratings (user_id, item_id, rating, ts) \
+        SELECT user_id, item_id, rating, ts FROM ratings_delta WHERE rating IS NOT NULL \
+        ORDER BY user_id, item_id \
+        ON CONFLICT (user_id, item_id) DO UPDATE SET rating = excluded.rating, ts = excluded.ts; \
+    DELETE FROM ratings WHERE (user_id, item_id) IN \
+        (SELECT user_id, item_id FROM ratings_delta WHERE rating IS NULL); \
+    DELETE FROM ratings_delta;";
+
+async fn begin(conn: &mut SqliteConnection) -> anyhow::Result<()> {
+    conn.execute("BEGIN IMMEDIATE").await?;
+    conn.execute(sqlx::raw_sql(FOLD_DELTA)).await?;
+    Ok(())
+}
+
 /// One validated rating to import.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ImportRow {
@@ -121,7 +140,7 @@ where
     let mut in_tx = 0usize;
     let mut pos_in_chunk: HashMap<(i64, i64), usize> = HashMap::with_capacity(ROWS_PER_STATEMENT);
     let mut rows = rows;
-    conn.execute("BEGIN").await?;
+    begin(&mut conn).await?;
     loop {
         let row = rows.next().transpose().context("reading the input")?;
         if let Some(row) = &row {
@@ -152,7 +171,7 @@ where
             on_progress(stats.rows);
             if in_tx >= ROWS_PER_TRANSACTION {
                 conn.execute("COMMIT").await?;
-                conn.execute("BEGIN").await?;
+                begin(&mut conn).await?;
                 in_tx = 0;
             }
         }

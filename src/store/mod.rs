@@ -7,6 +7,7 @@
 //! (`INSERT .. ON CONFLICT .. DO UPDATE`, `LIMIT/OFFSET`, no `RETURNING`).
 
 mod bulk;
+mod checkpoint;
 mod scan;
 mod sqlite;
 mod writer;
@@ -15,14 +16,9 @@ pub use bulk::{ImportRow, ImportStats};
 pub use writer::{Writer, WriterTask};
 
 use crate::config::Settings;
-use crate::domain::{ItemId, NewRating, UserId};
+use crate::domain::{ItemId, UserId};
 use serde::Serialize;
-use sqlx::sqlite::{SqliteConnection, SqlitePool};
-use sqlx::{QueryBuilder, Sqlite};
-use std::collections::HashMap;
-
-/// Rows per multi-row INSERT (4 binds each, well under SQLite's 32766).
-const ROWS_PER_INSERT: usize = 1000;
+use sqlx::sqlite::SqlitePool;
 
 /// Errors from the store are sqlx errors (mapped to HTTP in `error.rs`).
 pub type StoreError = sqlx::Error;
@@ -77,6 +73,11 @@ impl Store {
         Ok(Store { pool })
     }
 
+    /// The database file (the writer and the training scan open their own connections to it).
+    fn path(&self) -> std::path::PathBuf {
+        self.pool.connect_options().get_filename().to_owned()
+    }
+
     /// Closes the pool (waits for connections to be returned).
     pub async fn close(&self) {
         self.pool.close().await;
@@ -90,13 +91,12 @@ impl Store {
             .map(|_| ())
     }
 
-    /// Writes a batch in one transaction: all or nothing. Within the batch a
-    /// later rating of the same (user, item) pair replaces an earlier one.
-    /// (The service writes through [`Writer`], which groups concurrent requests.)
-    pub async fn upsert_ratings(&self, ratings: &[NewRating]) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        upsert_in(&mut tx, ratings).await?;
-        tx.commit().await
+    /// The database key of a user id (None: the user has never been written).
+    async fn user_key(&self, user: &UserId) -> Result<Option<i64>, StoreError> {
+        sqlx::query_scalar("SELECT id FROM users WHERE ext_id = ?")
+            .bind(user.as_str())
+            .fetch_optional(&self.pool)
+            .await
     }
 
     /// A page of a user's ratings (ordered by item key) and the user's total.
@@ -106,18 +106,18 @@ impl Store {
         limit: u32,
         offset: u64,
     ) -> Result<(Vec<StoredRating>, u64), StoreError> {
-        let total: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM ratings r JOIN users u ON u.id = r.user_id WHERE u.ext_id = ?",
-        )
-        .bind(user.as_str())
-        .fetch_one(&self.pool)
-        .await?;
+        let Some(key) = self.user_key(user).await? else {
+            return Ok((Vec::new(), 0));
+        };
+        let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM ratings_now WHERE user_id = ?")
+            .bind(key)
+            .fetch_one(&self.pool)
+            .await?;
         let rows: Vec<(String, f64, i64)> = sqlx::query_as(
-            "SELECT i.ext_id, r.rating, r.ts FROM ratings r \
-             JOIN users u ON u.id = r.user_id JOIN items i ON i.id = r.item_id \
-             WHERE u.ext_id = ? ORDER BY r.item_id LIMIT ? OFFSET ?",
+            "SELECT i.ext_id, r.rating, r.ts FROM ratings_now r JOIN items i ON i.id = r.item_id \
+             WHERE r.user_id = ? ORDER BY r.item_id LIMIT ? OFFSET ?",
         )
-        .bind(user.as_str())
+        .bind(key)
         .bind(limit as i64)
         .bind(offset.min(i64::MAX as u64) as i64)
         .fetch_all(&self.pool)
@@ -133,19 +133,15 @@ impl Store {
         Ok((ratings, total as u64))
     }
 
-    /// Deletes one rating; false when there was none.
-    pub async fn delete_rating(&self, user: &UserId, item: &ItemId) -> Result<bool, StoreError> {
-        let mut conn = self.pool.acquire().await?;
-        delete_in(&mut conn, user, item).await
-    }
-
     /// External ids of every item the user has rated (as of now, not as of the model).
     pub async fn rated_items(&self, user: &UserId) -> Result<Vec<String>, StoreError> {
+        let Some(key) = self.user_key(user).await? else {
+            return Ok(Vec::new());
+        };
         sqlx::query_scalar(
-            "SELECT i.ext_id FROM ratings r JOIN users u ON u.id = r.user_id \
-             JOIN items i ON i.id = r.item_id WHERE u.ext_id = ?",
+            "SELECT i.ext_id FROM ratings_now r JOIN items i ON i.id = r.item_id WHERE r.user_id = ?",
         )
-        .bind(user.as_str())
+        .bind(key)
         .fetch_all(&self.pool)
         .await
     }
@@ -159,14 +155,18 @@ impl Store {
         exclude_user: Option<&UserId>,
         exclude_item: Option<&ItemId>,
     ) -> Result<Vec<(String, f32)>, StoreError> {
+        let user_key = match exclude_user {
+            Some(u) => self.user_key(u).await?,
+            None => None,
+        };
         let rows: Vec<(String, f64)> = sqlx::query_as(
-            "SELECT i.ext_id, (SUM(r.rating) + 10.0 * (SELECT AVG(rating) FROM ratings)) / (COUNT(*) + 10.0) AS score \
-             FROM ratings r JOIN items i ON i.id = r.item_id \
-             WHERE r.item_id NOT IN (SELECT r2.item_id FROM ratings r2 JOIN users u ON u.id = r2.user_id WHERE u.ext_id = ?) \
+            "SELECT i.ext_id, (SUM(r.rating) + 10.0 * (SELECT AVG(rating) FROM ratings_now)) / (COUNT(*) + 10.0) AS score \
+             FROM ratings_now r JOIN items i ON i.id = r.item_id \
+             WHERE r.item_id NOT IN (SELECT item_id FROM ratings_now WHERE user_id = ?) \
              AND i.ext_id <> ? \
              GROUP BY r.item_id, i.ext_id ORDER BY score DESC, r.item_id LIMIT ?",
         )
-        .bind(exclude_user.map(|u| u.as_str()).unwrap_or(""))
+        .bind(user_key.unwrap_or(0))
         .bind(exclude_item.map(|i| i.as_str()).unwrap_or(""))
         .bind(n.min(i64::MAX as usize) as i64)
         .fetch_all(&self.pool)
@@ -174,16 +174,25 @@ impl Store {
         Ok(rows.into_iter().map(|(i, s)| (i, s as f32)).collect())
     }
 
+    /// How many ratings there are: the table's count corrected by the delta (its new
+    /// pairs added, its deletions of stored pairs taken off), so the cost is one
+    /// count of the big table plus a probe per delta row.
     pub async fn count_ratings(&self) -> Result<u64, StoreError> {
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM ratings")
-            .fetch_one(&self.pool)
-            .await?;
+        let n: i64 = sqlx::query_scalar(
+            "SELECT (SELECT COUNT(*) FROM ratings) \
+             + (SELECT COUNT(*) FROM ratings_delta d WHERE d.rating IS NOT NULL AND NOT EXISTS \
+                (SELECT 1 FROM ratings r WHERE r.user_id = d.user_id AND r.item_id = d.item_id)) \
+             - (SELECT COUNT(*) FROM ratings_delta d WHERE d.rating IS NULL AND EXISTS \
+                (SELECT 1 FROM ratings r WHERE r.user_id = d.user_id AND r.item_id = d.item_id))",
+        )
+        .fetch_one(&self.pool)
+        .await?;
         Ok(n as u64)
     }
 
     /// True when the store holds at least one rating (cheap, unlike a count).
     pub async fn has_ratings(&self) -> Result<bool, StoreError> {
-        let any: Option<i64> = sqlx::query_scalar("SELECT 1 FROM ratings LIMIT 1")
+        let any: Option<i64> = sqlx::query_scalar("SELECT 1 FROM ratings_now LIMIT 1")
             .fetch_optional(&self.pool)
             .await?;
         Ok(any.is_some())
@@ -193,7 +202,7 @@ impl Store {
     /// ratings are one consistent snapshot even while ratings keep arriving
     /// (on a dedicated connection, off the async runtime: see `scan.rs`).
     pub async fn load_training_rows(&self) -> anyhow::Result<TrainingRows> {
-        let path = self.pool.connect_options().get_filename().to_owned();
+        let path = self.path();
         tokio::task::spawn_blocking(move || scan::training_rows(&path)).await?
     }
 
@@ -268,89 +277,4 @@ impl Store {
     {
         bulk::import(&self.pool, rows, on_progress).await
     }
-}
-
-/// Upserts a batch on `conn` (inside the caller's transaction). Within the batch a
-/// later rating of the same (user, item) pair replaces an earlier one.
-async fn upsert_in(conn: &mut SqliteConnection, ratings: &[NewRating]) -> Result<(), StoreError> {
-    // Last one wins inside the batch (also keeps one statement from touching a row twice).
-    let mut last: HashMap<(&str, &str), usize> = HashMap::with_capacity(ratings.len());
-    for (i, r) in ratings.iter().enumerate() {
-        last.insert((r.user.as_str(), r.item.as_str()), i);
-    }
-    let mut keep: Vec<usize> = last.into_values().collect();
-    keep.sort_unstable();
-
-    let users = intern(conn, "users", ratings.iter().map(|r| r.user.as_str())).await?;
-    let items = intern(conn, "items", ratings.iter().map(|r| r.item.as_str())).await?;
-    for chunk in keep.chunks(ROWS_PER_INSERT) {
-        let mut qb: QueryBuilder<Sqlite> =
-            QueryBuilder::new("INSERT INTO ratings (user_id, item_id, rating, ts) ");
-        qb.push_values(chunk, |mut b, &i| {
-            let r = &ratings[i];
-            b.push_bind(users[r.user.as_str()])
-                .push_bind(items[r.item.as_str()])
-                .push_bind(r.value.get() as f64)
-                .push_bind(r.timestamp);
-        });
-        qb.push(
-            " ON CONFLICT (user_id, item_id) DO UPDATE SET rating = excluded.rating, ts = excluded.ts",
-        );
-        qb.build().execute(&mut *conn).await?;
-    }
-    Ok(())
-}
-
-/// Deletes one rating on `conn`; false when there was none.
-async fn delete_in(
-    conn: &mut SqliteConnection,
-    user: &UserId,
-    item: &ItemId,
-) -> Result<bool, StoreError> {
-    let done = sqlx::query(
-        "DELETE FROM ratings WHERE user_id = (SELECT id FROM users WHERE ext_id = ?) \
-         AND item_id = (SELECT id FROM items WHERE ext_id = ?)",
-    )
-    .bind(user.as_str())
-    .bind(item.as_str())
-    .execute(&mut *conn)
-    .await?;
-    Ok(done.rows_affected() > 0)
-}
-
-/// Inserts the distinct `ids` into `table` (ignoring ones already there) and
-/// returns the key of each.
-async fn intern<'a>(
-    conn: &mut SqliteConnection,
-    table: &str,
-    ids: impl Iterator<Item = &'a str>,
-) -> Result<HashMap<&'a str, i64>, StoreError> {
-    let mut distinct: Vec<&str> = ids.collect();
-    distinct.sort_unstable();
-    distinct.dedup();
-    let mut keys = HashMap::with_capacity(distinct.len());
-    for chunk in distinct.chunks(ROWS_PER_INSERT) {
-        let mut qb: QueryBuilder<Sqlite> =
-            QueryBuilder::new(format!("INSERT INTO {table} (ext_id) "));
-        qb.push_values(chunk, |mut b, id| {
-            b.push_bind(*id);
-        });
-        qb.push(" ON CONFLICT (ext_id) DO NOTHING");
-        qb.build().execute(&mut *conn).await?;
-
-        let mut qb: QueryBuilder<Sqlite> =
-            QueryBuilder::new(format!("SELECT id, ext_id FROM {table} WHERE ext_id IN ("));
-        let mut sep = qb.separated(", ");
-        for id in chunk {
-            sep.push_bind(*id);
-        }
-        qb.push(")");
-        let rows: Vec<(i64, String)> = qb.build_query_as().fetch_all(&mut *conn).await?;
-        for (key, ext) in rows {
-            if let Ok(pos) = chunk.binary_search(&ext.as_str()) {
-                keys.insert(chunk[pos], key);
-            }
-        }
-    }
-    Ok(keys)
 }
