@@ -45,7 +45,8 @@ const CACHE_KIB: i64 = 16 * 1024;
 const FOLD_AT: usize = 50_000;
 /// Delta rows folded into `ratings` per fold transaction.
 const FOLD_CHUNK: usize = 25_000;
-/// With no write for this long, the writer folds what is left in the delta.
+/// With no write for this long (one tick to the next), the writer folds what is left
+/// in the delta.
 const IDLE_FOLD: Duration = Duration::from_secs(1);
 
 /// Writes (and deletions, with a NULL rating) go to the delta; see the migration
@@ -78,6 +79,8 @@ impl Job {
 
 enum Msg {
     Job(Job),
+    /// Sent every [`IDLE_FOLD`] by the ticker thread.
+    Tick,
     /// Refuse new writes, commit what is queued, end.
     Stop,
 }
@@ -130,15 +133,29 @@ impl Writer {
         let checkpointer = Checkpointer::start(&path)?;
         let (tx, rx) = mpsc::channel(QUEUE);
         let (done_tx, done) = oneshot::channel();
-        let runtime = tokio::runtime::Handle::current();
         std::thread::Builder::new()
             .name("funkrec-writer".into())
             .spawn(move || {
-                run(conn, keys, &recent, &checkpointer, &runtime, rx);
+                run(conn, keys, &recent, &checkpointer, rx);
                 checkpointer.stop();
                 let _ = done_tx.send(());
             })
             .context("starting the writer thread")?;
+        // Ticks for idle folding; ends once the writer's channel is gone (a weak
+        // handle does not keep it open).
+        let ticker = tx.downgrade();
+        std::thread::Builder::new()
+            .name("funkrec-writer-tick".into())
+            .spawn(move || loop {
+                std::thread::sleep(IDLE_FOLD);
+                match ticker.upgrade() {
+                    Some(tx) if !tx.is_closed() => {
+                        let _ = tx.try_send(Msg::Tick);
+                    }
+                    _ => break,
+                }
+            })
+            .context("starting the writer's ticker")?;
         Ok((Writer { tx: tx.clone() }, WriterTask { tx, done }))
     }
 
@@ -251,7 +268,6 @@ fn run(
     mut keys: Keys,
     recent: &RecentWrites,
     checkpointer: &Checkpointer,
-    runtime: &tokio::runtime::Handle,
     mut rx: mpsc::Receiver<Msg>,
 ) {
     let mut delta_rows = match conn.query_row("SELECT COUNT(*) FROM ratings_delta", [], |r| {
@@ -264,25 +280,26 @@ fn run(
         }
     };
     let mut group: Vec<Job> = Vec::new();
-    loop {
-        let msg = if delta_rows > 0 {
-            match runtime.block_on(async { tokio::time::timeout(IDLE_FOLD, rx.recv()).await }) {
-                Ok(msg) => msg,
-                Err(_idle) => {
-                    fold(&mut conn, &mut delta_rows);
-                    checkpointer.poke();
-                    continue;
+    let mut busy = false;
+    while let Some(msg) = rx.blocking_recv() {
+        let first = match msg {
+            Msg::Job(job) => job,
+            Msg::Tick => {
+                // no job since the last tick: fold the delta while nothing waits
+                if !std::mem::take(&mut busy) {
+                    while delta_rows > 0 && rx.is_empty() && fold(&mut conn, &mut delta_rows) {
+                        checkpointer.poke();
+                    }
                 }
+                continue;
             }
-        } else {
-            rx.blocking_recv()
+            Msg::Stop => {
+                // new sends fail (503 unavailable); what is queued is still committed
+                rx.close();
+                continue;
+            }
         };
-        let Some(msg) = msg else { break };
-        let Msg::Job(first) = msg else {
-            // new sends fail (503 unavailable); what is queued is still committed
-            rx.close();
-            continue;
-        };
+        busy = true;
         let mut size = first.size();
         group.push(first);
         while size < MAX_GROUP_RATINGS {
@@ -292,6 +309,7 @@ fn run(
                     group.push(job);
                 }
                 Ok(Msg::Stop) => rx.close(),
+                Ok(Msg::Tick) => {}
                 Err(_) => break,
             }
         }
@@ -307,8 +325,8 @@ fn run(
 
 /// Folds one chunk of the delta into `ratings` and updates the estimate of the rows
 /// left (a write counts as a new row even when it replaced a delta row, so the
-/// estimate is high until a short chunk shows the delta is empty).
-fn fold(conn: &mut Connection, delta_rows: &mut usize) {
+/// estimate is high until a short chunk shows the delta is empty). False if it failed.
+fn fold(conn: &mut Connection, delta_rows: &mut usize) -> bool {
     match fold_chunk(conn, FOLD_CHUNK) {
         Ok(n) if n < FOLD_CHUNK => *delta_rows = 0,
         Ok(n) => *delta_rows = delta_rows.saturating_sub(n).max(1),
@@ -317,8 +335,10 @@ fn fold(conn: &mut Connection, delta_rows: &mut usize) {
                 let _ = conn.execute_batch("ROLLBACK");
             }
             tracing::warn!(error = %e, "folding the delta failed; it stays in the delta");
+            return false;
         }
     }
+    true
 }
 
 /// Moves the `limit` smallest-keyed delta rows into `ratings` (in key order, so the
@@ -687,5 +707,78 @@ mod tests {
                 .collect();
             assert_eq!(&scanned, model);
         }
+    }
+
+    /// An idle writer folds the delta into `ratings` by itself, within a few ticks.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_idle_writer_folds_the_delta() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut settings = Settings::default();
+        settings.storage.data_dir = dir.path().to_path_buf();
+        let store = Store::connect(&settings).await.unwrap();
+        let (writer, task) = Writer::start(&store, Arc::new(RecentWrites::new())).unwrap();
+        let batch = (0..30)
+            .map(|k| rating(&format!("u{k}"), "i", 3.0))
+            .collect();
+        writer.upsert(batch).await.unwrap();
+        let conn = Connection::open(store.path()).unwrap();
+        let count = |table: &str| -> i64 {
+            conn.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))
+                .unwrap()
+        };
+        assert_eq!(count("ratings_delta"), 30, "written to the delta first");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while count("ratings_delta") > 0 {
+            assert!(std::time::Instant::now() < deadline, "never folded");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(count("ratings"), 30);
+        assert_eq!(store.count_ratings().await.unwrap(), 30);
+        drop(writer);
+        task.finish().await;
+    }
+
+    /// `funkrec import` folds the delta first, so what it writes replaces what the
+    /// service wrote before (and a deletion in the delta is applied, not lost).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn import_after_service_writes_wins_over_the_delta() {
+        use crate::store::ImportRow;
+        let dir = tempfile::tempdir().unwrap();
+        let mut settings = Settings::default();
+        settings.storage.data_dir = dir.path().to_path_buf();
+        let store = Store::connect(&settings).await.unwrap();
+        let row = |user: &str, item: &str, rating: f32| {
+            Ok(ImportRow {
+                user: user.into(),
+                item: item.into(),
+                rating,
+                timestamp: 1,
+            })
+        };
+        let import = |rows: Vec<anyhow::Result<ImportRow>>| {
+            let store = store.clone();
+            async move {
+                store
+                    .bulk_import(rows.into_iter(), &mut |_| {})
+                    .await
+                    .unwrap()
+            }
+        };
+        import(vec![row("u", "b", 4.0)]).await;
+        let (writer, task) = Writer::start(&store, Arc::new(RecentWrites::new())).unwrap();
+        writer.upsert(vec![rating("u", "a", 2.0)]).await.unwrap();
+        assert!(writer
+            .delete(UserId::parse("u").unwrap(), ItemId::parse("b").unwrap())
+            .await
+            .unwrap());
+        drop(writer);
+        task.finish().await; // the delta is (almost surely) still there: ticks are 1 s apart
+        import(vec![row("u", "a", 5.0)]).await;
+        let (page, total) = store
+            .list_ratings(&UserId::parse("u").unwrap(), 10, 0)
+            .await
+            .unwrap();
+        assert_eq!(total, 1);
+        assert_eq!((page[0].item.as_str(), page[0].rating), ("a", 5.0));
     }
 }
