@@ -561,6 +561,15 @@ mod tests {
     use crate::domain::RatingValue;
     use crate::engine::Scale;
 
+    /// A migrated store in a fresh directory (kept while the `TempDir` lives).
+    async fn temp_store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut settings = Settings::default();
+        settings.storage.data_dir = dir.path().to_path_buf();
+        let store = Store::connect(&settings).await.unwrap();
+        (dir, store)
+    }
+
     fn rating(user: &str, item: &str, value: f32) -> NewRating {
         NewRating {
             user: UserId::parse(user).unwrap(),
@@ -574,10 +583,7 @@ mod tests {
     /// (here: a trigger refuses the rating 2.5) is rolled back alone.
     #[tokio::test(flavor = "current_thread")]
     async fn a_failing_request_does_not_fail_the_others_in_its_group() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut settings = Settings::default();
-        settings.storage.data_dir = dir.path().to_path_buf();
-        let store = Store::connect(&settings).await.unwrap();
+        let (_dir, store) = temp_store().await;
         sqlx::query(
             "CREATE TRIGGER boom BEFORE INSERT ON ratings_delta WHEN NEW.rating = 2.5 \
              BEGIN SELECT RAISE(ABORT, 'boom'); END",
@@ -621,10 +627,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn reads_see_the_delta_over_the_table_across_folds() {
         use std::collections::BTreeMap;
-        let dir = tempfile::tempdir().unwrap();
-        let mut settings = Settings::default();
-        settings.storage.data_dir = dir.path().to_path_buf();
-        let store = Store::connect(&settings).await.unwrap();
+        let (_dir, store) = temp_store().await;
         let recent = Arc::new(RecentWrites::new());
         let (writer, task) = Writer::start(&store, recent.clone()).unwrap();
         let mut folder = Connection::open(store.path()).unwrap();
@@ -712,10 +715,7 @@ mod tests {
     /// An idle writer folds the delta into `ratings` by itself, within a few ticks.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_idle_writer_folds_the_delta() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut settings = Settings::default();
-        settings.storage.data_dir = dir.path().to_path_buf();
-        let store = Store::connect(&settings).await.unwrap();
+        let (_dir, store) = temp_store().await;
         let (writer, task) = Writer::start(&store, Arc::new(RecentWrites::new())).unwrap();
         let batch = (0..30)
             .map(|k| rating(&format!("u{k}"), "i", 3.0))
@@ -743,10 +743,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn import_after_service_writes_wins_over_the_delta() {
         use crate::store::ImportRow;
-        let dir = tempfile::tempdir().unwrap();
-        let mut settings = Settings::default();
-        settings.storage.data_dir = dir.path().to_path_buf();
-        let store = Store::connect(&settings).await.unwrap();
+        let (_dir, store) = temp_store().await;
         let row = |user: &str, item: &str, rating: f32| {
             Ok(ImportRow {
                 user: user.into(),
