@@ -35,6 +35,13 @@ struct Args {
     users: u32,
     #[arg(long, default_value_t = 1682)]
     items: u32,
+    /// Writes go to users `1..=write_users` only (default: all users). With a small
+    /// `--write-items` too, the writes keep re-rating the same pairs and the store
+    /// stops growing: a soak that tells data growth from a leak.
+    #[arg(long)]
+    write_users: Option<u32>,
+    #[arg(long)]
+    write_items: Option<u32>,
     #[arg(long, default_value_t = 1)]
     seed: u64,
 }
@@ -91,6 +98,8 @@ async fn main() -> anyhow::Result<()> {
                 let item = rng.gen_range(1..=args.items);
                 let roll = rng.gen_range(0..100);
                 let (k, req, want) = if roll < 10 {
+                    let user = args.write_users.map_or(user, |w| rng.gen_range(1..=w));
+                    let item = args.write_items.map_or(item, |w| rng.gen_range(1..=w));
                     let rating = rng.gen_range(1..=10) as f64 / 2.0;
                     let rating = rating.max(1.0);
                     (

@@ -76,7 +76,10 @@ RSS_BOOT=$(rss)
 # steady state: connection page caches filled, allocator arenas of the worker threads and
 # the peak of a retrain (old and new snapshot side by side) already reached once.
 WARMUP=${SOAK_WARMUP_SECS:-20}
-"$LOADGEN" --base "$BASE" --duration "$WARMUP" --concurrency "$CONC" --train-at 2 --seed 99 >/dev/null 2>&1 || true
+# SOAK_LOADGEN_ARGS: extra loadgen flags for warm-up and run (e.g. "--write-users 20
+# --write-items 50": writes re-rate the same 1,000 pairs, so the store stops growing)
+# shellcheck disable=SC2086
+"$LOADGEN" --base "$BASE" --duration "$WARMUP" --concurrency "$CONC" --train-at 2 --seed 99 ${SOAK_LOADGEN_ARGS:-} >/dev/null 2>&1 || true
 # the warm-up may have queued a retrain (its writes): let the worker go idle
 wait_idle() {
   for _ in $(seq 1 240); do
@@ -92,7 +95,7 @@ echo "== $SECS s of mixed traffic, $CONC connections (RSS at start: $RSS_START k
 SAMPLER=$!
 status=0
 timeout --kill-after=30 $((SECS + 200)) "$LOADGEN" --base "$BASE" --duration "$SECS" \
-  --concurrency "$CONC" --train-at $((SECS / 3)) >"$DATA/summary.json" || status=$?
+  --concurrency "$CONC" --train-at $((SECS / 3)) ${SOAK_LOADGEN_ARGS:-} >"$DATA/summary.json" || status=$?
 RSS_TRAFFIC_END=$(rss)
 # "end" in the same state as "start": traffic over and the worker idle (a retrain
 # requested by the last writes would otherwise be measured at its peak)
