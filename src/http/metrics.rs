@@ -20,7 +20,8 @@ use std::time::Instant;
     )
 )]
 /// `GET /metrics` — Prometheus text format. Store, model and training figures are
-/// read at scrape time (the ratings gauge is one `COUNT(*)`).
+/// read at scrape time (the ratings gauge is `Store::count_ratings`: a count of the table
+/// corrected by the delta).
 pub async fn metrics(State(st): State<AppState>) -> Response {
     let ratings = match st.store.count_ratings().await {
         Ok(n) => Some(n),
