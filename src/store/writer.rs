@@ -778,4 +778,31 @@ mod tests {
         assert_eq!(total, 1);
         assert_eq!((page[0].item.as_str(), page[0].rating), ("a", 5.0));
     }
+
+    /// The per-user reads filter `ratings_now` on a bound user key; the bundled SQLite
+    /// must push that filter into both halves of the view (a search on the key), or every
+    /// user's page would scan all ratings (the plan would say `SCAN r` inside the union).
+    #[tokio::test]
+    async fn per_user_reads_of_the_view_search_both_tables_by_key() {
+        let (_dir, store) = temp_store().await;
+        let conn = Connection::open(store.path()).unwrap();
+        for sql in [
+            "SELECT COUNT(*) FROM ratings_now WHERE user_id = ?1",
+            "SELECT i.ext_id, r.rating, r.ts FROM ratings_now r JOIN items i ON i.id = r.item_id \
+             WHERE r.user_id = ?1 ORDER BY r.item_id LIMIT 10 OFFSET 0",
+        ] {
+            let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+            let plan: Vec<String> = stmt
+                .query_map([1], |r| r.get::<_, String>(3))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            let has = |needle: &str| plan.iter().any(|p| p.contains(needle));
+            assert!(
+                has("SEARCH ratings_delta USING PRIMARY KEY (user_id=?)"),
+                "{plan:?}"
+            );
+            assert!(has("SEARCH r USING PRIMARY KEY (user_id=?)"), "{plan:?}");
+        }
+    }
 }
