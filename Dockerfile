@@ -13,18 +13,20 @@ ARG RUNTIME_IMAGE=debian:bookworm-slim
 
 FROM ${RUST_IMAGE} AS build
 WORKDIR /src
-# Dependencies first, in their own layer: only Cargo.toml/Cargo.lock changes rebuild them.
+# Dependencies first, in their own layer: only the manifests and Cargo.lock rebuild them.
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir src benches && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
-    && echo 'fn main() {}' > benches/kernels.rs \
-    && cargo build --release --locked \
-    && rm -rf src benches
+COPY crates/funkrec-engine/Cargo.toml ./crates/funkrec-engine/
+RUN mkdir -p src crates/funkrec-engine/src crates/funkrec-engine/benches \
+    && echo 'fn main() {}' > src/main.rs && touch src/lib.rs crates/funkrec-engine/src/lib.rs \
+    && echo 'fn main() {}' > crates/funkrec-engine/benches/kernels.rs \
+    && cargo build --release --locked --bin funkrec \
+    && rm -rf src crates
 COPY config ./config
 COPY migrations ./migrations
+COPY crates ./crates
 COPY src ./src
-COPY benches ./benches
 # Make sure cargo sees the real sources as newer than the placeholder build.
-RUN touch src/main.rs src/lib.rs \
+RUN touch src/main.rs src/lib.rs crates/funkrec-engine/src/lib.rs \
     && cargo build --release --locked --bin funkrec \
     && cp target/release/funkrec /usr/local/bin/funkrec
 

@@ -1,13 +1,13 @@
 //! Command-line interface: argument parsing, the engine commands (eval, train) and dispatch to the service.
 
-use crate::engine::eval::{evaluate_split, kfold, mean_std, FoldResult};
-use crate::engine::io::{read_against, read_dataset, Format};
-use crate::engine::{
-    persist, train_in_place, Dataset, EpochStats, Hyper, Rating, Scale, TrainerKind,
-};
 use crate::service;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
+use funkrec_engine::eval::{evaluate_split, kfold, mean_std, FoldResult};
+use funkrec_engine::io::{read_against, read_dataset, Format};
+use funkrec_engine::{
+    persist, train_in_place, Dataset, EpochStats, Hyper, Rating, Scale, TrainerKind,
+};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use std::ops::ControlFlow;
@@ -383,7 +383,7 @@ pub fn train_cmd(args: TrainArgs) -> Result<()> {
 }
 
 pub fn synth_cmd(args: SynthArgs) -> Result<()> {
-    use crate::engine::synth::{write_synthetic, SynthSpec};
+    use funkrec_engine::synth::{write_synthetic, SynthSpec};
     use std::fs::File;
     use std::io::BufWriter;
     let spec = SynthSpec {

@@ -1,8 +1,8 @@
 //! Layered configuration: built-in `config/default.toml`, an optional file, then `FUNKREC__*` env vars.
 
 use crate::auth::ApiKeys;
-use crate::engine::Hyper;
 use anyhow::{bail, Context};
+use funkrec_engine::Hyper;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -267,7 +267,7 @@ mod tests {
         assert_eq!(s.server.bind, "0.0.0.0:9000");
         assert_eq!(s.server.max_batch, 9);
         assert_eq!(s.model.factors, 7);
-        assert_eq!(s.model.trainer, crate::engine::TrainerKind::Funk);
+        assert_eq!(s.model.trainer, funkrec_engine::TrainerKind::Funk);
         assert_eq!(s.model.scale.min, 0.5);
         assert!(s.log.json);
         // untouched keys keep their defaults

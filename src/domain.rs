@@ -1,7 +1,7 @@
 //! Domain types parsed at the edge: user and item ids, rating values, incoming ratings.
 
-use crate::engine::Scale;
 use crate::error::ApiError;
+use funkrec_engine::Scale;
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;

@@ -3,7 +3,6 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod domain;
-pub mod engine;
 pub mod error;
 pub mod http;
 pub mod malloc;

@@ -12,8 +12,8 @@
 //!   snapshots can no longer be completed from memory, and the caller falls back to the
 //!   store.
 
-use crate::engine::{IdMap, Model};
 use crate::store::TrainingRows;
+use funkrec_engine::{IdMap, Model};
 use std::collections::HashMap;
 use std::sync::Mutex;
 

@@ -2,12 +2,12 @@
 
 use crate::config::Settings;
 use crate::domain::{ItemId, RatingValue, UserId};
-use crate::engine::io::{Format, RatingsReader};
 use crate::malloc;
 use crate::startup::Application;
 use crate::store::{ImportRow, Store};
 use crate::telemetry;
 use anyhow::{bail, Context};
+use funkrec_engine::io::{Format, RatingsReader};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};

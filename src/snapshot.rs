@@ -1,10 +1,10 @@
 //! Model snapshots: the immutable served model, its atomic publication, and its files on disk.
 
-use crate::engine::topn::ItemIndex;
-use crate::engine::{self, Model};
 use crate::rated::RatedIndex;
 use crate::store::{ModelRow, Store};
 use arc_swap::ArcSwapOption;
+use funkrec_engine::topn::ItemIndex;
+use funkrec_engine::Model;
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -126,7 +126,7 @@ pub async fn load_newest(store: &Store, dir: &Path) -> anyhow::Result<(Option<Sn
             continue;
         }
         let p = path.clone();
-        let loaded = tokio::task::spawn_blocking(move || engine::persist::load(&p)).await?;
+        let loaded = tokio::task::spawn_blocking(move || funkrec_engine::persist::load(&p)).await?;
         match loaded {
             Ok(model) => {
                 let row = rows.get(&version);
@@ -179,9 +179,13 @@ pub async fn index_rated(
 }
 
 /// Writes the snapshot's model file (temp + fsync + rename) and returns its path.
-pub fn write_file(dir: &Path, version: u64, model: &Model) -> Result<PathBuf, engine::EngineError> {
+pub fn write_file(
+    dir: &Path,
+    version: u64,
+    model: &Model,
+) -> Result<PathBuf, funkrec_engine::EngineError> {
     let path = dir.join(file_name(version));
-    engine::persist::save(model, &path)?;
+    funkrec_engine::persist::save(model, &path)?;
     Ok(path)
 }
 

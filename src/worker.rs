@@ -1,11 +1,11 @@
 //! Background training: retrain policy, one run at a time, holdout split, snapshot publication.
 
 use crate::config::Settings;
-use crate::engine::topn::ItemIndex;
-use crate::engine::{self, Dataset, Rating};
 use crate::rated::{RatedIndex, RecentWrites};
 use crate::snapshot::{self, Rated, Serving, Snapshot};
 use crate::store::{Store, TrainingRows};
+use funkrec_engine::topn::ItemIndex;
+use funkrec_engine::{Dataset, Rating};
 use rand::SeedableRng;
 use serde::Serialize;
 use std::ops::ControlFlow;
@@ -270,7 +270,7 @@ impl Worker {
             // the model's id maps are the training set's
             let rated = RatedIndex::build(&rows, &data.users, &data.items);
             drop(rows);
-            let mut on_epoch = |e: &engine::EpochStats| {
+            let mut on_epoch = |e: &funkrec_engine::EpochStats| {
                 inner2.status.lock().unwrap().epoch = Some(e.epoch);
                 if inner2.cancel.load(Ordering::SeqCst) {
                     ControlFlow::Break(())
@@ -280,13 +280,17 @@ impl Worker {
             };
             let validation = (!holdout.is_empty()).then_some(holdout.as_slice());
             // In place: no second copy of the ratings (1.2 GB at Netflix size).
-            let model =
-                engine::train_in_place(&mut data, &settings.model, validation, &mut on_epoch)?;
+            let model = funkrec_engine::train_in_place(
+                &mut data,
+                &settings.model,
+                validation,
+                &mut on_epoch,
+            )?;
             drop(data);
             if inner2.cancel.load(Ordering::SeqCst) {
                 return Ok(None);
             }
-            let holdout_rmse = validation.map(|v| engine::train::rmse_of(&model, v));
+            let holdout_rmse = validation.map(|v| funkrec_engine::train::rmse_of(&model, v));
             std::fs::create_dir_all(&dir)?;
             snapshot::write_file(&dir, version, &model)?;
             Ok(Some(Snapshot {
@@ -330,9 +334,11 @@ impl Worker {
 }
 
 /// Epoch callbacks a run makes (`funk` counts epochs per factor and cycle).
-fn total_epochs(h: &engine::Hyper) -> usize {
+fn total_epochs(h: &funkrec_engine::Hyper) -> usize {
     match h.trainer {
-        engine::TrainerKind::Funk => h.epochs * (h.factors * h.funk_cycles + usize::from(h.biased)),
+        funkrec_engine::TrainerKind::Funk => {
+            h.epochs * (h.factors * h.funk_cycles + usize::from(h.biased))
+        }
         _ => h.epochs,
     }
 }

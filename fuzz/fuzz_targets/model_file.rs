@@ -2,7 +2,7 @@
 //! allocation. The input is wrapped in a valid magic and checksum so the fuzzer reaches
 //! the parser behind the CRC (raw inputs are also tried as they are).
 #![no_main]
-use funkrec::engine::persist::{self, MAGIC};
+use funkrec_engine::persist::{self, MAGIC};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -1,6 +1,6 @@
 //! Any bytes, in any format or detected: the readers return rows or an error, never panic.
 #![no_main]
-use funkrec::engine::io::{Format, RatingsReader};
+use funkrec_engine::io::{Format, RatingsReader};
 use libfuzzer_sys::fuzz_target;
 use std::path::Path;
 

@@ -3,7 +3,7 @@
 //! everything accepted is a valid rating, and re-posting it is accepted unchanged.
 #![no_main]
 use funkrec::domain::{parse_ratings_body, BodyLimits, ItemId, UserId};
-use funkrec::engine::Scale;
+use funkrec_engine::Scale;
 use libfuzzer_sys::fuzz_target;
 
 const LIMITS: BodyLimits = BodyLimits {

@@ -2,11 +2,11 @@
 
 use super::openapi::ErrorBody;
 use super::AppState;
-use crate::engine::{EpochStats, Hyper, TrainerKind};
 use crate::worker::JobStatus;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
+use funkrec_engine::{EpochStats, Hyper, TrainerKind};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 

@@ -559,7 +559,7 @@ mod tests {
     use super::*;
     use crate::config::Settings;
     use crate::domain::RatingValue;
-    use crate::engine::Scale;
+    use funkrec_engine::Scale;
 
     /// A migrated store in a fresh directory (kept while the `TempDir` lives).
     async fn temp_store() -> (tempfile::TempDir, Store) {

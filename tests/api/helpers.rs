@@ -1,8 +1,8 @@
 //! `spawn_app`: the real server on 127.0.0.1:0 with its own temporary data dir and database.
 
 use funkrec::config::Settings;
-use funkrec::engine::{Scale, TrainerKind};
 use funkrec::startup::Application;
+use funkrec_engine::{Scale, TrainerKind};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -106,7 +106,7 @@ async fn every_served_route_and_method_is_documented() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn document_is_openapi_31_with_errors_and_configured_limits() {
     let app = spawn_app_with(|s| {
-        s.model.scale = funkrec::engine::Scale {
+        s.model.scale = funkrec_engine::Scale {
             min: 0.5,
             max: 10.0,
         };

@@ -9,8 +9,8 @@
 //! test RMSE (both models' predictions clamped to 1..5, as funkrec evaluates)
 //! for every run, the medians, and the funkrec/LIBMF ratios.
 
-use funkrec::engine::io::{read_against, read_dataset};
-use funkrec::engine::{eval, train, EpochStats, Hyper, Rating, Scale};
+use funkrec_engine::io::{read_against, read_dataset};
+use funkrec_engine::{eval, train, EpochStats, Hyper, Rating, Scale};
 use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::time::Instant;

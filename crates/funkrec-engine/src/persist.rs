@@ -1,9 +1,9 @@
 //! Versioned, checksummed binary model files (write to temp, fsync, rename).
 
-use super::data::IdMap;
-use super::error::EngineError;
-use super::model::{Model, TrainReport};
-use super::params::Hyper;
+use crate::data::IdMap;
+use crate::error::EngineError;
+use crate::model::{Model, TrainReport};
+use crate::params::Hyper;
 use ndarray::{Array1, Array2};
 use serde::{Deserialize, Serialize};
 use std::fs::{self, File};

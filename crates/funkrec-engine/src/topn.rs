@@ -10,7 +10,7 @@
 //! with the kernel [`Model::top_n`] uses, only the items whose upper bound
 //! reaches T, so the result is the same list with bit-identical scores.
 
-use super::model::{scan_score, Model, TopK};
+use crate::model::{scan_score, Model, TopK};
 
 /// Items per block: one AVX2 register holds the eight i32 item scores.
 const LANES: usize = 8;
@@ -243,7 +243,7 @@ impl ItemIndex {
         simd: bool,
     ) {
         #[cfg(target_arch = "x86_64")]
-        if simd && super::model::has_avx2_fma() {
+        if simd && crate::model::has_avx2_fma() {
             // SAFETY: the CPU has the features the function is compiled for.
             unsafe { pass1_avx2(self, query, exclude, lower, cands) };
             return;
@@ -388,7 +388,7 @@ unsafe fn pass1_avx2(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::{Hyper, IdMap};
+    use crate::{Hyper, IdMap};
     use proptest::prelude::*;
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;

@@ -1,9 +1,9 @@
 //! Micro-benchmarks of the hot kernels. Keep runs short:
-//! `cargo bench --bench kernels -- --warm-up-time 1 --measurement-time 3`
+//! `cargo bench -p funkrec-engine --features bench --bench kernels -- --warm-up-time 1 --measurement-time 3`
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
-use funkrec::engine::train::sgd::{self, Rates};
-use funkrec::engine::{Hyper, IdMap, Model, Rating};
+use funkrec_engine::train::sgd::{self, Rates};
+use funkrec_engine::{Hyper, IdMap, Model, Rating};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -101,7 +101,7 @@ fn top_n(c: &mut Criterion) {
     g.bench_function("top10_17770_items_k100", |b| {
         b.iter(|| model.top_n(black_box(0), 10, |i| rated[i as usize]))
     });
-    let index = funkrec::engine::topn::ItemIndex::new(&model);
+    let index = funkrec_engine::topn::ItemIndex::new(&model);
     g.bench_function("top10_17770_items_k100_int8_index", |b| {
         b.iter(|| index.top_n(&model, black_box(0), 10, |i| rated[i as usize]))
     });

@@ -1,10 +1,10 @@
 //! Evaluation: RMSE/MAE, seeded k-fold splits, and top-N precision/recall/NDCG.
 
-use super::data::{Dataset, Rating};
-use super::error::EngineError;
-use super::model::{EpochStats, Model};
-use super::params::Hyper;
-use super::train::{train, EpochCallback};
+use crate::data::{Dataset, Rating};
+use crate::error::EngineError;
+use crate::model::{EpochStats, Model};
+use crate::params::Hyper;
+use crate::train::{train, EpochCallback};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -14,7 +14,7 @@ use std::time::Instant;
 
 /// Root mean squared error of clamped predictions.
 pub fn rmse(model: &Model, ratings: &[Rating]) -> f64 {
-    super::train::rmse_of(model, ratings)
+    crate::train::rmse_of(model, ratings)
 }
 
 /// Mean absolute error of clamped predictions.

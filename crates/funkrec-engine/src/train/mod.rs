@@ -4,10 +4,10 @@ mod funk;
 mod gd;
 pub mod sgd;
 
-use super::data::{mean_of, Dataset, IdMap, Rating};
-use super::error::EngineError;
-use super::model::{EpochStats, Model};
-use super::params::{Hyper, TrainerKind};
+use crate::data::{mean_of, Dataset, IdMap, Rating};
+use crate::error::EngineError;
+use crate::model::{EpochStats, Model};
+use crate::params::{Hyper, TrainerKind};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
@@ -178,7 +178,7 @@ pub(crate) fn epoch_stats(
 /// Σe² of the unclamped predictions over `ratings`.
 fn sse_of(model: &Model, ratings: &[Rating]) -> f64 {
     #[cfg(target_arch = "x86_64")]
-    if super::model::has_avx2_fma() {
+    if crate::model::has_avx2_fma() {
         // SAFETY: the CPU supports the features the function is compiled for.
         return unsafe { sse_avx2(model, ratings) };
     }
@@ -207,7 +207,7 @@ fn sse_kernel<const FMA: bool>(model: &Model, ratings: &[Rating]) -> f64 {
             sgd::prefetch(q[nx.item as usize * k..].as_ptr(), k);
         }
         let (u, i) = (r.user as usize, r.item as usize);
-        let dot = super::model::dot_k::<FMA>(&p[u * k..(u + 1) * k], &q[i * k..(i + 1) * k]);
+        let dot = crate::model::dot_k::<FMA>(&p[u * k..(u + 1) * k], &q[i * k..(i + 1) * k]);
         let e = r.value as f64 - (model.global_mean + bu[u] + bi[i] + dot) as f64;
         sse += e * e;
     }

@@ -1,7 +1,7 @@
 //! Streaming readers for rating files: MovieLens 100K (tab), 1M/10M (`::`) and CSV with a header.
 
-use super::data::Dataset;
-use super::error::EngineError;
+use crate::data::Dataset;
+use crate::error::EngineError;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -358,7 +358,7 @@ impl Iterator for RatingsReader {
 pub fn read_dataset(
     path: &Path,
     format: Option<Format>,
-    scale: super::params::Scale,
+    scale: crate::params::Scale,
 ) -> Result<Dataset, EngineError> {
     RatingsReader::open(path, format)?.into_dataset(|v| {
         if scale.contains(v) {
@@ -378,10 +378,10 @@ pub fn read_against(
     path: &Path,
     format: Option<Format>,
     train: &Dataset,
-) -> Result<Vec<super::data::Rating>, EngineError> {
+) -> Result<Vec<crate::data::Rating>, EngineError> {
     let mut out = Vec::new();
     RatingsReader::open(path, format)?.for_each_row(|row| {
-        out.push(super::data::Rating {
+        out.push(crate::data::Rating {
             user: train.users.get(row.user).unwrap_or(u32::MAX),
             item: train.items.get(row.item).unwrap_or(u32::MAX),
             value: row.value,

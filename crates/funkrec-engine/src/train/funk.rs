@@ -3,9 +3,9 @@
 //! biases keep learning alongside each factor). Residuals of the frozen factors
 //! are cached, so every epoch is O(ratings) whatever the factor count.
 
-use super::super::data::Rating;
-use super::super::model::{EpochStats, Model};
-use super::Progress;
+use crate::data::Rating;
+use crate::model::{EpochStats, Model};
+use crate::train::Progress;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;

@@ -23,11 +23,11 @@
 //! round differently (fused multiply-add), so results are reproducible on one
 //! machine, not across CPUs with and without FMA.
 
-use super::super::data::Rating;
+use crate::data::Rating;
 #[cfg(target_arch = "x86_64")]
-use super::super::model::has_avx2_fma;
-use super::super::model::{dot_k, madd, EpochStats, Model};
-use super::Progress;
+use crate::model::has_avx2_fma;
+use crate::model::{dot_k, madd, EpochStats, Model};
+use crate::train::Progress;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -240,7 +240,8 @@ fn block_fn() -> BlockFn {
     block_portable
 }
 
-/// One pass over `ratings` in their current order (serial; for benchmarks).
+/// One pass over `ratings` in their current order (serial; for the kernel benchmark only).
+#[cfg(feature = "bench")]
 pub fn epoch(model: &mut Model, ratings: &[Rating], rates: &Rates) -> f64 {
     let (nu, ni) = (model.n_users(), model.n_items());
     assert!(
@@ -534,14 +535,14 @@ pub(super) fn run(
         let rates = rates_for(model, e);
         let sse = grid_epoch(model, ratings, &grid, &strata, &rates, threads);
         let stats = if e + 1 == epochs {
-            super::epoch_stats_par(model, ratings, validation, e + 1, threads)
+            crate::train::epoch_stats_par(model, ratings, validation, e + 1, threads)
         } else {
             // The running estimate: errors measured during the pass.
             EpochStats {
                 epoch: e + 1,
-                loss: 0.5 * (sse + super::penalty(model)),
+                loss: 0.5 * (sse + crate::train::penalty(model)),
                 train_rmse: (sse / ratings.len().max(1) as f64).sqrt(),
-                validation_rmse: validation.map(|v| super::rmse_of(model, v)),
+                validation_rmse: validation.map(|v| crate::train::rmse_of(model, v)),
             }
         };
         if report(model, e + 1, Progress::Full(stats)).is_break() {
@@ -603,8 +604,8 @@ mod tests {
 
     #[test]
     fn threaded_epochs_are_bit_identical_to_serial() {
-        use super::super::super::data::IdMap;
-        use super::super::super::params::Hyper;
+        use crate::data::IdMap;
+        use crate::params::Hyper;
         use rand::Rng;
         let (nu, ni, k) = (300usize, 200usize, 12usize);
         let ids = |n: usize| IdMap::from_ids((0..n).map(|i| i.to_string()).collect()).unwrap();

@@ -5,7 +5,8 @@ use std::fmt;
 use std::str::FromStr;
 
 /// Which optimiser learns the factors.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum TrainerKind {
     /// Stochastic gradient descent, one update per rating (default).
@@ -48,7 +49,8 @@ impl FromStr for TrainerKind {
 }
 
 /// The closed interval ratings live in; predictions are clamped to it.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Scale {
     pub min: f32,
     pub max: f32,
@@ -100,7 +102,8 @@ impl Scale {
 
 /// Hyperparameters for all trainers. Defaults were chosen by measurement on the
 /// MovieLens 100K folds u1–u5 (see docs/accuracy.md).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default, deny_unknown_fields)]
 pub struct Hyper {
     pub trainer: TrainerKind,

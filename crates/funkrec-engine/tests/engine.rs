@@ -1,7 +1,10 @@
 //! The lecture's claims about the engine, checked on synthetic problems made here.
 
-use funkrec::engine::train::{gradient, objective_f64, train, Gradient, Objective};
-use funkrec::engine::{eval, svd, Dataset, EpochStats, Hyper, Model, Rating, Scale, TrainerKind};
+#[path = "support/svd.rs"]
+mod svd;
+
+use funkrec_engine::train::{gradient, objective_f64, train, Gradient, Objective};
+use funkrec_engine::{eval, Dataset, EpochStats, Hyper, Model, Rating, Scale, TrainerKind};
 use ndarray::Array2;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -499,7 +502,7 @@ fn training_in_place_equals_training_on_a_copy() {
     };
     let a = train(&data.train, &h, None, &mut quiet).unwrap();
     let mut owned = data.train.clone();
-    let b = funkrec::engine::train_in_place(&mut owned, &h, None, &mut quiet).unwrap();
+    let b = funkrec_engine::train_in_place(&mut owned, &h, None, &mut quiet).unwrap();
     assert_eq!(a.user_factors, b.user_factors);
     assert_eq!(a.report.epochs, b.report.epochs);
     assert_eq!(owned.len(), data.train.len());

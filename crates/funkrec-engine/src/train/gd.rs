@@ -7,9 +7,9 @@
 //! Its gradient in matrix form is ∇_P = −E Q + λP, ∇_Q = −Eᵀ P + λQ, so a step
 //! of size t is the lecture's P ← P + t·E·Q, Q ← Q + t·Eᵀ·P (plus decay).
 
-use super::super::data::Rating;
-use super::super::model::Model;
-use super::Progress;
+use crate::data::Rating;
+use crate::model::Model;
+use crate::train::Progress;
 use ndarray::{Array1, Array2, Zip};
 use std::ops::ControlFlow;
 

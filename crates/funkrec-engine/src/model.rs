@@ -1,14 +1,15 @@
 //! The learned model: biases and factor matrices, prediction, top-N and similar items.
 
-use super::data::{IdMap, Rating};
-use super::params::Hyper;
+use crate::data::{IdMap, Rating};
+use crate::params::Hyper;
 use ndarray::{Array1, Array2};
 use serde::{Deserialize, Serialize};
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 
 /// Loss and (optional) validation error after one epoch.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EpochStats {
     /// 1-based epoch number (for `funk`: counted across all factors).
     pub epoch: usize,

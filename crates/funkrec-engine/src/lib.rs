@@ -7,7 +7,6 @@ pub mod io;
 pub mod model;
 pub mod params;
 pub mod persist;
-pub mod svd;
 pub mod synth;
 pub mod topn;
 pub mod train;
