@@ -1,6 +1,6 @@
 //! funkrec: Funk-SVD matrix factorisation learned by gradient descent, served over HTTP.
 pub mod auth;
-pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod domain;
 pub mod error;
@@ -8,7 +8,6 @@ pub mod http;
 pub mod malloc;
 pub mod metrics;
 pub mod rated;
-pub mod service;
 pub mod snapshot;
 pub mod startup;
 pub mod store;

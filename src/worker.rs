@@ -94,7 +94,7 @@ impl Worker {
         let worker = Worker {
             inner: Arc::new(Inner {
                 status: Mutex::new(JobStatus {
-                    epochs: total_epochs(&settings.model),
+                    epochs: settings.model.total_epochs(),
                     ..JobStatus::default()
                 }),
                 settings,
@@ -215,7 +215,7 @@ impl Worker {
             s.running = true;
             s.queued = false;
             s.epoch = None;
-            s.epochs = total_epochs(&inner.settings.model);
+            s.epochs = inner.settings.model.total_epochs();
             s.last_started_at = Some(snapshot::rfc3339(time::OffsetDateTime::now_utc()));
         }
         let outcome = self.train_and_publish().await;
@@ -330,16 +330,6 @@ impl Worker {
         })
         .await?;
         Ok(Some(version))
-    }
-}
-
-/// Epoch callbacks a run makes (`funk` counts epochs per factor and cycle).
-fn total_epochs(h: &funkrec_engine::Hyper) -> usize {
-    match h.trainer {
-        funkrec_engine::TrainerKind::Funk => {
-            h.epochs * (h.factors * h.funk_cycles + usize::from(h.biased))
-        }
-        _ => h.epochs,
     }
 }
 

@@ -27,7 +27,7 @@ async fn import_then_serve_and_train() {
 
     let (f, c) = (file.clone(), cfg.clone());
     tokio::task::spawn_blocking(move || {
-        funkrec::service::import_command(f, Some("dat".into()), Some(c))
+        funkrec::commands::import_command(f, Some(funkrec_engine::io::Format::Dat), Some(c))
     })
     .await
     .unwrap()
@@ -52,7 +52,7 @@ async fn import_then_serve_and_train() {
     app.stop().await;
 
     // importing again is idempotent (upserts)
-    tokio::task::spawn_blocking(move || funkrec::service::import_command(file, None, Some(cfg)))
+    tokio::task::spawn_blocking(move || funkrec::commands::import_command(file, None, Some(cfg)))
         .await
         .unwrap()
         .unwrap();

@@ -33,13 +33,13 @@ async fn health_and_readiness() {
 
     // and the container healthcheck probe agrees
     let url = app.url("/healthz");
-    tokio::task::spawn_blocking(move || funkrec::service::healthcheck_command(Some(url), None))
+    tokio::task::spawn_blocking(move || funkrec::commands::healthcheck_command(Some(url), None))
         .await
         .unwrap()
         .unwrap();
     let url = app.url("/nope");
     assert!(tokio::task::spawn_blocking(move || {
-        funkrec::service::healthcheck_command(Some(url), None)
+        funkrec::commands::healthcheck_command(Some(url), None)
     })
     .await
     .unwrap()

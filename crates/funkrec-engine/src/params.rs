@@ -190,6 +190,17 @@ impl Hyper {
         }
     }
 
+    /// Epoch callbacks a run makes: `funk` reports every epoch of every factor (and of the
+    /// bias-only phase) in every cycle; the others one per epoch.
+    pub fn total_epochs(&self) -> usize {
+        match self.trainer {
+            TrainerKind::Funk => {
+                self.epochs * (self.factors * self.funk_cycles + usize::from(self.biased))
+            }
+            TrainerKind::Sgd | TrainerKind::Gd => self.epochs,
+        }
+    }
+
     /// Checks every field; the message names the first bad one.
     pub fn validate(&self) -> Result<(), String> {
         let pos = |name: &str, v: f32| {

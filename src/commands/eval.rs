@@ -1,0 +1,144 @@
+//! `funkrec eval`: cross-validation or predefined train/test pairs, as a table or JSON.
+
+use super::{epoch_bar, load, on_epoch_for, HyperArgs};
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use funkrec_engine::eval::{evaluate_split, kfold, mean_std, FoldResult};
+use funkrec_engine::io::{read_against, Format};
+use funkrec_engine::{Dataset, Hyper, Rating, TrainerKind};
+use serde::Serialize;
+use std::path::PathBuf;
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// One ratings file to cross-validate.
+    #[arg(long, conflicts_with_all = ["train", "test"])]
+    pub data: Option<PathBuf>,
+    /// Folds for --data.
+    #[arg(long, default_value_t = 5)]
+    pub folds: usize,
+    /// Training file of a predefined pair (repeatable, paired with --test in order).
+    #[arg(long)]
+    pub train: Vec<PathBuf>,
+    /// Test file of a predefined pair.
+    #[arg(long)]
+    pub test: Vec<PathBuf>,
+    /// tab, dat or csv (default: detected).
+    #[arg(long)]
+    pub format: Option<Format>,
+    #[command(flatten)]
+    pub hyper: HyperArgs,
+    /// Print one JSON object on stdout instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// Also record the test RMSE after every epoch (in --json output).
+    #[arg(long)]
+    pub curve: bool,
+    /// No progress bars.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+#[derive(Serialize)]
+struct EvalOutput {
+    trainer: TrainerKind,
+    hyper: Hyper,
+    rmse: f64,
+    rmse_std: f64,
+    mae: f64,
+    mae_std: f64,
+    fit_seconds: f64,
+    precision_at_10: f64,
+    recall_at_10: f64,
+    ndcg_at_10: f64,
+    folds: Vec<FoldResult>,
+}
+
+/// `funkrec eval`: k-fold cross-validation of one file, or predefined train/test pairs.
+pub fn run(args: EvalArgs) -> Result<()> {
+    let hyper = args.hyper.resolve()?;
+    let mut splits: Vec<(String, Dataset, Vec<Rating>)> = Vec::new();
+    if let Some(data) = &args.data {
+        let all = load(data, args.format, hyper.scale, args.quiet)?;
+        for (f, (tr, te)) in kfold(all.len(), args.folds, hyper.seed)
+            .into_iter()
+            .enumerate()
+        {
+            let test = te.iter().map(|&i| all.ratings[i]).collect();
+            splits.push((format!("fold {}", f + 1), all.subset(&tr), test));
+        }
+    } else {
+        if args.train.is_empty() || args.train.len() != args.test.len() {
+            bail!("give --data FILE, or --train FILE --test FILE pairs (same count)");
+        }
+        for (tr, te) in args.train.iter().zip(&args.test) {
+            let train_set = load(tr, args.format, hyper.scale, args.quiet)?;
+            let test = read_against(te, args.format, &train_set)
+                .with_context(|| format!("reading {}", te.display()))?;
+            let name = tr
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            splits.push((name, train_set, test));
+        }
+    }
+    let mut folds = Vec::new();
+    for (name, train_set, test) in &splits {
+        let pb = epoch_bar(hyper.total_epochs(), name, args.quiet);
+        let mut cb = on_epoch_for(&pb);
+        let res = evaluate_split(train_set, test, &hyper, args.curve, &mut cb)?;
+        pb.finish_and_clear();
+        folds.push(res);
+    }
+    let stat = |f: fn(&FoldResult) -> f64| mean_std(folds.iter().map(f));
+    let (rmse, rmse_std) = stat(|f| f.rmse);
+    let (mae, mae_std) = stat(|f| f.mae);
+    let out = EvalOutput {
+        trainer: hyper.trainer,
+        hyper: hyper.clone(),
+        rmse,
+        rmse_std,
+        mae,
+        mae_std,
+        fit_seconds: stat(|f| f.fit_seconds).0,
+        precision_at_10: stat(|f| f.precision_at_10).0,
+        recall_at_10: stat(|f| f.recall_at_10).0,
+        ndcg_at_10: stat(|f| f.ndcg_at_10).0,
+        folds,
+    };
+    if args.json {
+        let mut out = out;
+        if !args.curve {
+            out.folds.iter_mut().for_each(|f| f.epochs.clear());
+        }
+        println!("{}", serde_json::to_string(&out)?);
+        return Ok(());
+    }
+    println!(
+        "Evaluating RMSE, MAE of {} (k={}, epochs={}) on {} split(s).\n",
+        hyper.trainer,
+        hyper.factors,
+        hyper.epochs,
+        splits.len()
+    );
+    print!("{:<14}", "");
+    for (name, _, _) in &splits {
+        print!("{name:>10}");
+    }
+    println!("{:>10}{:>10}", "Mean", "Std");
+    let row = |label: &str, f: fn(&FoldResult) -> f64, prec: usize| {
+        print!("{label:<14}");
+        for r in &out.folds {
+            print!("{:>10.prec$}", f(r));
+        }
+        let (m, s) = mean_std(out.folds.iter().map(f));
+        println!("{m:>10.prec$}{s:>10.prec$}");
+    };
+    row("RMSE", |f| f.rmse, 4);
+    row("MAE", |f| f.mae, 4);
+    row("Precision@10", |f| f.precision_at_10, 4);
+    row("Recall@10", |f| f.recall_at_10, 4);
+    row("NDCG@10", |f| f.ndcg_at_10, 4);
+    row("Fit time (s)", |f| f.fit_seconds, 2);
+    Ok(())
+}
