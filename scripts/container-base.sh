@@ -5,7 +5,30 @@
 # Prints the build args to pass to `podman build`.
 set -euo pipefail
 CACHE=${FUNKREC_CONTAINER_CACHE:-/var/cache/funkrec}
-MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+# The Debian mirror this machine's apt uses (deb822 sources first, then the one-line
+# format), the non-security entry; DEBIAN_MIRROR overrides it.
+host_mirror() {
+  local f
+  for f in /etc/apt/sources.list.d/*.sources; do
+    [ -f "$f" ] || continue
+    awk 'BEGIN { RS = ""; FS = "\n" }
+         $0 !~ /Suites:[^\n]*-security/ {
+           for (i = 1; i <= NF; i++) if ($i ~ /^URIs:/) { split($i, a, /[ \t]+/); print a[2]; exit }
+         }' "$f" | head -n 1
+    return
+  done
+  for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+    [ -f "$f" ] || continue
+    awk '$1 == "deb" && $0 !~ /-security/ {
+           for (i = 2; i <= NF; i++) if ($i ~ /^[a-z]+:\/\//) { print $i; exit }
+         }' "$f" | head -n 1
+  done | head -n 1
+}
+MIRROR=${DEBIAN_MIRROR:-$(host_mirror)}
+if [ -z "$MIRROR" ]; then
+  echo "container-base.sh: no Debian mirror found in /etc/apt sources; set DEBIAN_MIRROR" >&2
+  exit 1
+fi
 RUNTIME_IMAGE=localhost/funkrec-base/debian:bookworm-slim
 RUST_IMAGE=localhost/funkrec-base/rust:bookworm-2
 PODMAN=(podman --runtime runc)

@@ -24,10 +24,12 @@
 const MMAP_THRESHOLD: libc::c_int = 128 * 1024;
 
 /// Pins glibc's mmap threshold and caps its arenas at one per core; call once
-/// when the server starts, before its threads exist.
-pub fn tune() {
+/// when the server starts, before its threads exist. False when glibc refused a
+/// setting (it is logged) or the C library is not glibc.
+pub fn tune() -> bool {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
+        let mut accepted = true;
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let arenas = libc::c_int::try_from(cores).unwrap_or(libc::c_int::MAX);
         for (name, param, value) in [
@@ -37,9 +39,13 @@ pub fn tune() {
             // SAFETY: mallopt only sets an allocator parameter; it is thread-safe.
             if unsafe { libc::mallopt(param, value) } != 1 {
                 tracing::warn!(param = name, value, "mallopt refused");
+                accepted = false;
             }
         }
+        accepted
     }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    false
 }
 
 /// Returns free memory of every malloc arena to the OS (blocking: call it off
@@ -52,14 +58,16 @@ pub fn release_free_memory() -> bool {
     false
 }
 
-#[cfg(test)]
+#[cfg(all(test, target_os = "linux", target_env = "gnu"))]
 mod tests {
     #[test]
-    fn tune_and_release_are_safe_to_call_repeatedly() {
-        super::tune();
-        let big: Vec<Vec<u8>> = (0..64).map(|i| vec![i as u8; 64 * 1024]).collect();
-        drop(big);
-        super::release_free_memory();
-        super::release_free_memory();
+    fn glibc_accepts_the_settings_and_trims_freed_arena_memory() {
+        assert!(super::tune(), "mallopt refused a setting");
+        assert!(super::tune(), "the settings can be applied again");
+        // 16 MiB in blocks below the mmap threshold: they live in the arena, and
+        // freeing them leaves free pages that only a trim returns
+        let small: Vec<Vec<u8>> = (0..256).map(|i| vec![i as u8; 64 * 1024]).collect();
+        drop(small);
+        assert!(super::release_free_memory(), "nothing was released");
     }
 }

@@ -15,7 +15,9 @@
 use crate::store::TrainingRows;
 use funkrec_engine::{IdMap, Model};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+use tokio::sync::Notify;
 
 /// Pairs kept in [`RecentWrites`] before it gives up (and readers query the store
 /// until the next snapshot). About 100 bytes each.
@@ -111,10 +113,15 @@ struct Inner {
     by_user: foldhash::HashMap<String, foldhash::HashMap<String, Entry>>,
 }
 
-/// Committed writes and deletes since the oldest snapshot still completed from memory.
+/// Committed writes and deletes since the oldest snapshot still completed from memory,
+/// and a count of every rating change committed since start (what retraining waits for).
 #[derive(Debug, Default)]
 pub struct RecentWrites {
     inner: Mutex<Inner>,
+    /// Ratings written plus ratings deleted, over every recorded commit.
+    changes: AtomicU64,
+    /// Woken after each recorded commit.
+    changed: Notify,
 }
 
 impl RecentWrites {
@@ -133,13 +140,37 @@ impl RecentWrites {
         self.inner.lock().unwrap().floor
     }
 
+    /// Rating changes (writes and deletes) committed since start.
+    pub fn changes(&self) -> u64 {
+        self.changes.load(Ordering::Acquire)
+    }
+
+    /// Completes after the next recorded commit (or at once if one was recorded since
+    /// the last waiter was woken): the retrain policy waits on this.
+    pub async fn changed(&self) {
+        self.changed.notified().await
+    }
+
     /// Records one committed transaction: `rated` pairs written, or deleted when false.
+    /// The writer calls this after the commit and before answering the requests.
     pub fn record<'a>(&self, pairs: impl IntoIterator<Item = (&'a str, &'a str)>, rated: bool) {
+        let n = self.record_pairs(pairs, rated);
+        self.changes.fetch_add(n, Ordering::AcqRel);
+        self.changed.notify_one();
+    }
+
+    fn record_pairs<'a>(
+        &self,
+        pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+        rated: bool,
+    ) -> u64 {
+        let mut n = 0;
         let mut g = self.inner.lock().unwrap();
         g.seq += 1;
         let seq = g.seq;
         let Inner { len, by_user, .. } = &mut *g;
         for (user, item) in pairs {
+            n += 1;
             let items = match by_user.get_mut(user) {
                 Some(m) => m,
                 None => by_user.entry(user.to_owned()).or_default(),
@@ -162,6 +193,7 @@ impl RecentWrites {
             g.len = 0;
             g.floor = seq;
         }
+        n
     }
 
     /// Forgets what a snapshot with `since` covers (called once it is published).

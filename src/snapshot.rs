@@ -8,6 +8,7 @@ use funkrec_engine::Model;
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
+use tokio::sync::watch;
 
 /// A trained model plus what the API reports about it. Never mutated once published.
 #[derive(Debug)]
@@ -61,9 +62,20 @@ impl Snapshot {
 }
 
 /// The snapshot being served: readers load it without locking, the worker swaps it.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Serving {
     current: ArcSwapOption<Snapshot>,
+    /// The version last published, for whoever waits for a new model.
+    published: watch::Sender<Option<u64>>,
+}
+
+impl Default for Serving {
+    fn default() -> Self {
+        Serving {
+            current: ArcSwapOption::empty(),
+            published: watch::Sender::new(None),
+        }
+    }
 }
 
 impl Serving {
@@ -77,7 +89,14 @@ impl Serving {
     }
 
     pub fn publish(&self, snapshot: Arc<Snapshot>) {
+        let version = snapshot.version;
         self.current.store(Some(snapshot));
+        self.published.send_replace(Some(version));
+    }
+
+    /// The version served now and every later publication.
+    pub fn subscribe(&self) -> watch::Receiver<Option<u64>> {
+        self.published.subscribe()
     }
 }
 

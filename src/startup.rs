@@ -89,6 +89,11 @@ impl Application {
         self.addr.port()
     }
 
+    /// The training worker (to watch its status and publications in tests).
+    pub fn worker(&self) -> Worker {
+        self.state.worker.clone()
+    }
+
     /// The router with all middleware, for in-process tests (`tower::ServiceExt::oneshot`).
     pub fn router(&self) -> axum::Router {
         http::router(self.state.clone())

@@ -53,7 +53,6 @@ pub async fn post_ratings(
     let n = ratings.len() as u64;
     // answers once the group transaction holding these ratings committed
     st.writer.upsert(ratings).await?;
-    st.worker.record_changes(n);
     Ok((StatusCode::CREATED, Json(Accepted { accepted: n })))
 }
 
@@ -152,7 +151,6 @@ pub async fn delete_rating(
     let user = UserId::parse(&user)?;
     let item = ItemId::parse(&item)?;
     if st.writer.delete(user.clone(), item.clone()).await? {
-        st.worker.record_changes(1);
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::RatingNotFound(format!(

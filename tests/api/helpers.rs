@@ -2,11 +2,12 @@
 
 use funkrec::config::Settings;
 use funkrec::startup::Application;
+use funkrec::worker::Worker;
 use funkrec_engine::{Scale, TrainerKind};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tempfile::TempDir;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -43,6 +44,8 @@ pub struct TestApp {
     pub data_dir: PathBuf,
     /// Keeps the temporary directory alive as long as any app uses it.
     pub tmp: Arc<TempDir>,
+    /// The app's training worker: its status and publications, without polling.
+    pub worker: Worker,
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<anyhow::Result<()>>>,
 }
@@ -62,6 +65,7 @@ pub async fn spawn_app_in(tmp: Arc<TempDir>, tweak: impl FnOnce(&mut Settings)) 
     tweak(&mut settings);
     let app = Application::build(settings).await.expect("app builds");
     let addr = format!("http://{}", app.local_addr());
+    let worker = app.worker();
     let (tx, rx) = oneshot::channel::<()>();
     let handle = tokio::spawn(app.run_until(async {
         let _ = rx.await;
@@ -74,6 +78,7 @@ pub async fn spawn_app_in(tmp: Arc<TempDir>, tweak: impl FnOnce(&mut Settings)) 
             .unwrap(),
         data_dir: tmp.path().to_path_buf(),
         tmp,
+        worker,
         shutdown: Some(tx),
         handle: Some(handle),
     }
@@ -137,39 +142,24 @@ impl TestApp {
         v["version"].as_u64()
     }
 
-    /// Polls `GET /v1/model` until the version differs from `before` (bounded).
+    /// Waits until a model other than `before` is served; returns its version.
     pub async fn wait_for_version_after(&self, before: Option<u64>) -> u64 {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let (_, v) = self.get_json("/v1/model").await;
-            if let Some(now) = v["version"].as_u64() {
-                if Some(now) != before {
-                    return now;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no new model within 60 s; last state {v}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let mut published = self.worker.published();
+        let waited = published.wait_for(|v| v.is_some() && *v != before);
+        let version = *hang_guard(waited, &self.worker)
+            .await
+            .expect("worker alive");
+        version.expect("a version")
     }
 
-    /// Waits until the worker is neither running nor has a run queued (bounded).
+    /// Waits until the worker is neither running nor has a run queued; returns `/v1/model`.
     pub async fn wait_idle(&self) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let (_, v) = self.get_json("/v1/model").await;
-            let t = &v["training"];
-            if t["running"] == false && t["queued"] == false {
-                return v;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "worker still busy after 60 s: {v}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let mut status = self.worker.subscribe();
+        let idle = status.wait_for(|s| !s.running && !s.queued);
+        drop(hang_guard(idle, &self.worker).await.expect("worker alive"));
+        let (s, v) = self.get_json("/v1/model").await;
+        assert_eq!(s, 200, "{v}");
+        v
     }
 
     /// Requests a run and waits for the snapshot it publishes.
@@ -188,6 +178,15 @@ impl TestApp {
         if let Some(h) = self.handle.take() {
             h.await.unwrap().unwrap();
         }
+    }
+}
+
+/// Awaits `fut`, failing the test instead of hanging CI if the worker never gets there
+/// (a guard against a hang, not a claim about speed).
+pub async fn hang_guard<T>(fut: impl std::future::Future<Output = T>, worker: &Worker) -> T {
+    match tokio::time::timeout(Duration::from_secs(300), fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("still waiting after 300 s; worker: {:?}", worker.status()),
     }
 }
 

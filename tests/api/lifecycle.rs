@@ -4,10 +4,10 @@ use crate::helpers::*;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use funkrec::startup::Application;
+use funkrec::worker::Wake;
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 use tower::ServiceExt;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -68,8 +68,13 @@ async fn restart_serves_the_same_model_without_retraining() {
     assert_eq!(m["epochs"], model_before["epochs"]);
     let (_, after) = app.get_json("/v1/users/u3/predictions/i5").await;
     assert_eq!(before, after);
-    // give a (wrong) retrain a chance to show up, then check none ran
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The start decided: nothing queued or running, and no wake-up would start a run
+    // (no interval, no threshold), so none can follow.
+    let s = app.worker.status();
+    assert!(!s.running && !s.queued && s.runs == 0, "{s:?}");
+    for wake in [Wake::Requested, Wake::Changes, Wake::Interval] {
+        assert!(!app.worker.wants_run(wake), "{wake:?} would retrain");
+    }
     let m = app.wait_idle().await;
     assert_eq!(m["version"], 2);
     assert_eq!(m["training"]["runs"], 0);
@@ -195,15 +200,8 @@ async fn triggers_during_a_run_queue_exactly_one_more() {
     assert_eq!(s, 202);
     assert_eq!(v["job"]["queued"], true, "{v}");
     // wait until the run has started, then trigger five more times
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (_, m) = app.get_json("/v1/model").await;
-        if m["training"]["running"] == true {
-            break;
-        }
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let mut status = app.worker.subscribe();
+    drop(hang_guard(status.wait_for(|s| s.running), &app.worker).await);
     for _ in 0..5 {
         let (s, v) = app.post_json("/v1/model/train", &json!({})).await;
         assert_eq!(s, 202);
@@ -224,24 +222,21 @@ async fn shutdown_during_training_is_prompt_and_publishes_nothing() {
     let app = spawn_app_with(|s| s.model.epochs = 100_000).await;
     app.post_ratings(&planted()).await;
     app.post_json("/v1/model/train", &json!({})).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (_, m) = app.get_json("/v1/model").await;
-        if m["training"]["epoch"].as_u64().unwrap_or(0) > 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let mut status = app.worker.subscribe();
+    let started = status.wait_for(|s| s.epoch.is_some_and(|e| e > 0));
+    drop(hang_guard(started, &app.worker).await);
     let dir = app.data_dir.clone();
     let _keep = app.tmp.clone();
-    let t = Instant::now();
+    let worker = app.worker.clone();
     app.stop().await;
+    // the run stopped at an epoch boundary long before its end, and counted as no run
+    let s = worker.status();
+    assert!(!s.running, "{s:?}");
     assert!(
-        t.elapsed() < Duration::from_secs(10),
-        "shutdown took {:?}",
-        t.elapsed()
+        s.epoch.unwrap() < 100_000,
+        "the run went on to its end: {s:?}"
     );
+    assert_eq!((s.runs, s.failures), (0, 0), "{s:?}");
     let files: Vec<_> = std::fs::read_dir(dir.join("models")).unwrap().collect();
     assert!(files.is_empty(), "a cancelled run wrote a snapshot");
 }
@@ -286,11 +281,10 @@ async fn retrain_on_interval_only_when_something_changed() {
     let app = spawn_app_with(|s| s.training.retrain_interval_secs = 1).await;
     app.post_ratings(&planted()).await;
     assert_eq!(app.wait_for_version_after(None).await, 1);
-    // two more ticks without changes: no new run (a wrong one would show up here)
-    tokio::time::sleep(Duration::from_millis(2300)).await;
+    // with a model and no change since its run, a tick does not retrain
     let m = app.wait_idle().await;
-    assert_eq!(m["version"], 1, "{m}");
-    assert_eq!(m["training"]["runs"], 1);
+    assert_eq!(m["training"]["pending_changes"], 0, "{m}");
+    assert!(!app.worker.wants_run(Wake::Interval));
     // one change: the next tick retrains
     let (s, _) = app
         .post_json(
@@ -300,5 +294,6 @@ async fn retrain_on_interval_only_when_something_changed() {
         .await;
     assert_eq!(s, 201);
     assert_eq!(app.wait_for_version_after(Some(1)).await, 2);
+    assert_eq!(app.wait_idle().await["training"]["runs"], 2);
     app.stop().await;
 }
