@@ -8,6 +8,8 @@
 
 mod bulk;
 mod checkpoint;
+mod keys;
+mod lock;
 mod scan;
 mod sqlite;
 mod writer;
@@ -266,7 +268,8 @@ impl Store {
             .collect())
     }
 
-    /// Bulk load for `funkrec import` (see `bulk.rs`).
+    /// Bulk load for `funkrec import` (see `bulk.rs`), holding the store's lock
+    /// exclusively: refused at once while a server (or another import) uses the store.
     pub async fn bulk_import<I>(
         &self,
         rows: I,
@@ -275,6 +278,7 @@ impl Store {
     where
         I: Iterator<Item = anyhow::Result<ImportRow>>,
     {
+        let _lock = lock::StoreLock::for_import(&self.path())?;
         bulk::import(&self.pool, rows, on_progress).await
     }
 }
