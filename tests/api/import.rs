@@ -1,21 +1,27 @@
 //! `funkrec import`: a ratings file bulk-loaded into the store the server then reads.
 
 use crate::helpers::*;
+use std::path::PathBuf;
 use std::sync::Arc;
+use tempfile::TempDir;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn import_then_serve_and_train() {
+/// A temporary directory, the store directory inside it and a config file that
+/// points `funkrec import` there.
+fn import_setup() -> (Arc<TempDir>, PathBuf, PathBuf) {
     let tmp = Arc::new(tempfile::tempdir().unwrap());
     let data_dir = tmp.path().join("store");
     let cfg = tmp.path().join("import.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[storage]\ndata_dir = {:?}\n",
-            data_dir.display().to_string()
-        ),
-    )
-    .unwrap();
+    let toml = format!(
+        "[storage]\ndata_dir = {:?}\n",
+        data_dir.display().to_string()
+    );
+    std::fs::write(&cfg, toml).unwrap();
+    (tmp, data_dir, cfg)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_then_serve_and_train() {
+    let (tmp, data_dir, cfg) = import_setup();
     let file = tmp.path().join("ratings.dat");
     let mut text = String::new();
     for (u, i, r) in planted() {
@@ -68,17 +74,7 @@ async fn import_then_serve_and_train() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn import_and_a_server_never_use_the_store_at_once() {
     use fs4::FileExt;
-    let tmp = Arc::new(tempfile::tempdir().unwrap());
-    let data_dir = tmp.path().join("store");
-    let cfg = tmp.path().join("import.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[storage]\ndata_dir = {:?}\n",
-            data_dir.display().to_string()
-        ),
-    )
-    .unwrap();
+    let (tmp, data_dir, cfg) = import_setup();
     let file = tmp.path().join("ratings.dat");
     std::fs::write(&file, "1::10::4::978300760\n1::11::2::978300761\n").unwrap();
     let import = || {
