@@ -121,7 +121,7 @@ impl Writer {
         Writer::start_with(store, recent, Tuning::default())
     }
 
-    #[tracing::instrument(name = "writer_start", skip_all)]
+    #[tracing::instrument(name = "writer_start", skip_all, fields(db = %store.path().display()))]
     fn start_with(
         store: &Store,
         recent: Arc<RecentWrites>,
@@ -218,6 +218,7 @@ impl Loop<'_> {
     /// Takes messages until every handle is gone or a `Stop` was followed by an empty
     /// queue: groups of jobs are committed (and the delta folded past [`FOLD_AT`]);
     /// with nothing received for the idle interval, the delta is folded.
+    #[tracing::instrument(name = "writer", skip_all)]
     fn run(&mut self, rx: &flume::Receiver<Msg>) {
         self.delta_rows = match self
             .conn
