@@ -54,6 +54,8 @@ impl Application {
         }
         let listener = bind(&settings).await?;
         let addr = listener.local_addr()?;
+        // The writer first: it takes the store's lock, so a refused start leaves no worker.
+        let (writer, writer_task) = Writer::start(&store, recent.clone())?;
         let (worker, worker_task) = Worker::start(
             settings.clone(),
             store.clone(),
@@ -62,7 +64,6 @@ impl Application {
             last_version,
         )
         .await;
-        let (writer, writer_task) = Writer::start(&store, recent.clone())?;
         let state = AppState {
             settings,
             store,

@@ -1,5 +1,7 @@
 //! Bulk loading for `funkrec import`: big transactions, multi-row inserts, keys assigned in memory.
 
+use crate::store::keys::{Keys, Table};
+use crate::store::writer::FOLD_ALL;
 use anyhow::Context;
 use sqlx::{Connection, Executor, QueryBuilder, Sqlite, SqliteConnection, SqlitePool};
 use std::collections::HashMap;
@@ -9,22 +11,11 @@ const ROWS_PER_STATEMENT: usize = 4000;
 /// Ratings per transaction.
 const ROWS_PER_TRANSACTION: usize = 1_000_000;
 
-/// Folds the whole delta (what the service wrote since its writer last folded) into
-/// `ratings`. Each import transaction starts with it, so a rating the import writes
-/// afterwards replaces an older one of the same pair, and one the service acknowledges
-/// later (into the delta) replaces the import's.
-const FOLD_DELTA: &str = "\
-    INSERT INTO ratings (user_id, item_id, rating, ts) \
-        SELECT user_id, item_id, rating, ts FROM ratings_delta WHERE rating IS NOT NULL \
-        ORDER BY user_id, item_id \
-        ON CONFLICT (user_id, item_id) DO UPDATE SET rating = excluded.rating, ts = excluded.ts; \
-    DELETE FROM ratings WHERE (user_id, item_id) IN \
-        (SELECT user_id, item_id FROM ratings_delta WHERE rating IS NULL); \
-    DELETE FROM ratings_delta;";
-
+/// Opens an import transaction and folds the whole delta into `ratings` first, so a
+/// rating the import writes replaces what the service wrote before.
 async fn begin(conn: &mut SqliteConnection) -> anyhow::Result<()> {
     conn.execute("BEGIN IMMEDIATE").await?;
-    conn.execute(sqlx::raw_sql(FOLD_DELTA)).await?;
+    conn.execute(sqlx::raw_sql(FOLD_ALL)).await?;
     Ok(())
 }
 
@@ -46,50 +37,33 @@ pub struct ImportStats {
     pub new_items: u64,
 }
 
-struct Keys {
-    map: HashMap<String, i64>,
-    next: i64,
-}
-
-impl Keys {
-    async fn load(conn: &mut SqliteConnection, table: &str) -> anyhow::Result<Keys> {
-        let rows: Vec<(i64, String)> = sqlx::query_as(&format!("SELECT id, ext_id FROM {table}"))
-            .fetch_all(&mut *conn)
-            .await?;
-        let next = rows.iter().map(|r| r.0).max().unwrap_or(0) + 1;
-        Ok(Keys {
-            map: rows.into_iter().map(|(k, v)| (v, k)).collect(),
-            next,
-        })
-    }
-
-    /// Key of `id`, assigning the next one (and remembering it in `new`) when unseen.
-    fn key(&mut self, id: &str, new: &mut Vec<(i64, String)>) -> i64 {
-        if let Some(&k) = self.map.get(id) {
-            return k;
-        }
-        let k = self.next;
-        self.next += 1;
-        self.map.insert(id.to_owned(), k);
-        new.push((k, id.to_owned()));
-        k
-    }
-}
-
+/// Writes the rows of the keys added to `table` since the last call; returns how many.
 async fn insert_keys(
     conn: &mut SqliteConnection,
-    table: &str,
-    new: &[(i64, String)],
-) -> anyhow::Result<()> {
+    keys: &mut Keys,
+    table: Table,
+) -> anyhow::Result<u64> {
+    let new = keys.take_added(table);
     for chunk in new.chunks(ROWS_PER_STATEMENT * 2) {
         let mut qb: QueryBuilder<Sqlite> =
-            QueryBuilder::new(format!("INSERT INTO {table} (id, ext_id) "));
+            QueryBuilder::new(format!("INSERT INTO {} (id, ext_id) ", table.name()));
         qb.push_values(chunk, |mut b, (k, id)| {
-            b.push_bind(*k).push_bind(id.as_str());
+            b.push_bind(*k).push_bind(&**id);
         });
         qb.build().execute(&mut *conn).await?;
     }
-    Ok(())
+    Ok(new.len() as u64)
+}
+
+/// Every user's and item's key, read on the import's connection.
+async fn load_keys(conn: &mut SqliteConnection) -> anyhow::Result<Keys> {
+    async fn read(conn: &mut SqliteConnection, table: Table) -> sqlx::Result<Vec<(i64, String)>> {
+        sqlx::query_as(table.load_sql()).fetch_all(conn).await
+    }
+    Ok(Keys::new(
+        read(conn, Table::Users).await?,
+        read(conn, Table::Items).await?,
+    ))
 }
 
 async fn insert_ratings(
@@ -130,12 +104,9 @@ where
     ] {
         conn.execute(pragma).await?;
     }
-    let mut users = Keys::load(&mut conn, "users").await?;
-    let mut items = Keys::load(&mut conn, "items").await?;
+    let mut keys = load_keys(&mut conn).await?;
     let mut stats = ImportStats::default();
 
-    let mut new_users = Vec::new();
-    let mut new_items = Vec::new();
     let mut chunk: Vec<(i64, i64, f32, i64)> = Vec::with_capacity(ROWS_PER_STATEMENT);
     let mut in_tx = 0usize;
     let mut pos_in_chunk: HashMap<(i64, i64), usize> = HashMap::with_capacity(ROWS_PER_STATEMENT);
@@ -144,8 +115,8 @@ where
     loop {
         let row = rows.next().transpose().context("reading the input")?;
         if let Some(row) = &row {
-            let u = users.key(&row.user, &mut new_users);
-            let i = items.key(&row.item, &mut new_items);
+            let u = keys.get_or_assign(Table::Users, &row.user);
+            let i = keys.get_or_assign(Table::Items, &row.item);
             // A later duplicate inside one statement replaces the earlier one.
             match pos_in_chunk.get(&(u, i)) {
                 Some(&p) => chunk[p] = (u, i, row.rating, row.timestamp),
@@ -158,12 +129,8 @@ where
         }
         let done = row.is_none();
         if chunk.len() >= ROWS_PER_STATEMENT || (done && !chunk.is_empty()) {
-            insert_keys(&mut conn, "users", &new_users).await?;
-            insert_keys(&mut conn, "items", &new_items).await?;
-            stats.new_users += new_users.len() as u64;
-            stats.new_items += new_items.len() as u64;
-            new_users.clear();
-            new_items.clear();
+            stats.new_users += insert_keys(&mut conn, &mut keys, Table::Users).await?;
+            stats.new_items += insert_keys(&mut conn, &mut keys, Table::Items).await?;
             insert_ratings(&mut conn, &chunk).await?;
             in_tx += chunk.len();
             chunk.clear();

@@ -72,15 +72,22 @@ fn run(conn: Connection, stop: &AtomicBool) {
         std::thread::park_timeout(IDLE);
         let last = stop.load(Ordering::Acquire);
         let started = Instant::now();
-        match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-            Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
-        }) {
-            Ok((wal, done)) => tracing::trace!(wal, done, "checkpoint"),
-            Err(e) => tracing::warn!(error = %e, "checkpoint failed"),
-        }
+        checkpoint(&conn);
         if last {
             break;
         }
         std::thread::sleep(MIN_INTERVAL.saturating_sub(started.elapsed()));
+    }
+}
+
+/// One PASSIVE checkpoint: copies what it can of the WAL into the database without
+/// waiting for readers or the writer.
+#[tracing::instrument(level = "trace", skip_all)]
+fn checkpoint(conn: &Connection) {
+    match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+        Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+    }) {
+        Ok((wal, done)) => tracing::trace!(wal, done, "checkpoint"),
+        Err(e) => tracing::warn!(error = %e, "checkpoint failed"),
     }
 }

@@ -8,6 +8,8 @@
 
 mod bulk;
 mod checkpoint;
+mod keys;
+mod lock;
 mod scan;
 mod sqlite;
 mod writer;
@@ -19,6 +21,7 @@ use crate::config::Settings;
 use crate::domain::{ItemId, UserId};
 use serde::Serialize;
 use sqlx::sqlite::SqlitePool;
+use tracing::field::Empty;
 
 /// Errors from the store are sqlx errors (mapped to HTTP in `error.rs`).
 pub type StoreError = sqlx::Error;
@@ -49,7 +52,7 @@ pub struct TrainingRows {
 }
 
 /// A row of the `model` table: metadata of one published snapshot.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
 pub struct ModelRow {
     pub version: i64,
     pub file: String,
@@ -66,6 +69,7 @@ pub struct ModelRow {
 
 impl Store {
     /// Opens (creating the data directory and database if needed) and migrates.
+    #[tracing::instrument(skip_all, fields(data_dir = %settings.storage.data_dir.display()))]
     pub async fn connect(settings: &Settings) -> anyhow::Result<Store> {
         std::fs::create_dir_all(&settings.storage.data_dir)?;
         let pool =
@@ -100,6 +104,7 @@ impl Store {
     }
 
     /// A page of a user's ratings (ordered by item key) and the user's total.
+    #[tracing::instrument(level = "debug", skip_all, fields(user = user.as_str(), limit = limit, offset = offset, total = Empty))]
     pub async fn list_ratings(
         &self,
         user: &UserId,
@@ -122,6 +127,7 @@ impl Store {
         .bind(offset.min(i64::MAX as u64) as i64)
         .fetch_all(&self.pool)
         .await?;
+        tracing::Span::current().record("total", total);
         let ratings = rows
             .into_iter()
             .map(|(item, rating, timestamp)| StoredRating {
@@ -134,21 +140,25 @@ impl Store {
     }
 
     /// External ids of every item the user has rated (as of now, not as of the model).
+    #[tracing::instrument(level = "debug", skip_all, fields(user = user.as_str(), items = Empty))]
     pub async fn rated_items(&self, user: &UserId) -> Result<Vec<String>, StoreError> {
         let Some(key) = self.user_key(user).await? else {
             return Ok(Vec::new());
         };
-        sqlx::query_scalar(
+        let items: Vec<String> = sqlx::query_scalar(
             "SELECT i.ext_id FROM ratings_now r JOIN items i ON i.id = r.item_id WHERE r.user_id = ?",
         )
         .bind(key)
         .fetch_all(&self.pool)
-        .await
+        .await?;
+        tracing::Span::current().record("items", items.len());
+        Ok(items)
     }
 
     /// Damped-mean popularity straight from the store (the fallback before any
     /// model exists): (s_i + m·μ)/(n_i + m) with m = 10, best first, skipping
     /// the items `exclude_user` rated and the item `exclude_item`.
+    #[tracing::instrument(level = "debug", skip_all, fields(n = n))]
     pub async fn popular(
         &self,
         n: usize,
@@ -177,6 +187,7 @@ impl Store {
     /// How many ratings there are: the table's count corrected by the delta (its new
     /// pairs added, its deletions of stored pairs taken off), so the cost is one
     /// count of the big table plus a probe per delta row.
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn count_ratings(&self) -> Result<u64, StoreError> {
         let n: i64 = sqlx::query_scalar(
             "SELECT (SELECT COUNT(*) FROM ratings) \
@@ -191,6 +202,7 @@ impl Store {
     }
 
     /// True when the store holds at least one rating (cheap, unlike a count).
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn has_ratings(&self) -> Result<bool, StoreError> {
         let any: Option<i64> = sqlx::query_scalar("SELECT 1 FROM ratings_now LIMIT 1")
             .fetch_optional(&self.pool)
@@ -201,11 +213,19 @@ impl Store {
     /// Everything the trainer needs, read in one transaction so users, items and
     /// ratings are one consistent snapshot even while ratings keep arriving
     /// (on a dedicated connection, off the async runtime: see `scan.rs`).
+    #[tracing::instrument(skip_all, fields(users = Empty, items = Empty, ratings = Empty))]
     pub async fn load_training_rows(&self) -> anyhow::Result<TrainingRows> {
         let path = self.path();
-        tokio::task::spawn_blocking(move || scan::training_rows(&path)).await?
+        let rows = tokio::task::spawn_blocking(move || scan::training_rows(&path)).await??;
+        let span = tracing::Span::current();
+        span.record("users", rows.users.len());
+        span.record("items", rows.items.len());
+        span.record("ratings", rows.ratings.len());
+        Ok(rows)
     }
 
+    /// Records a published snapshot's metadata.
+    #[tracing::instrument(skip_all, fields(version = row.version))]
     pub async fn insert_model_row(&self, row: &ModelRow) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO model (version, file, trained_at, trainer, n_users, n_items, n_ratings, \
@@ -228,45 +248,21 @@ impl Store {
     }
 
     /// Every recorded snapshot, newest first.
+    #[tracing::instrument(level = "debug", skip_all, fields(rows = Empty))]
     pub async fn model_rows(&self) -> Result<Vec<ModelRow>, StoreError> {
-        type Row = (
-            i64,
-            String,
-            String,
-            String,
-            i64,
-            i64,
-            i64,
-            i64,
-            Option<f64>,
-            Option<f64>,
-            f64,
-        );
-        let rows: Vec<Row> = sqlx::query_as(
+        let rows: Vec<ModelRow> = sqlx::query_as(
             "SELECT version, file, trained_at, trainer, n_users, n_items, n_ratings, n_holdout, \
              train_rmse, holdout_rmse, train_secs FROM model ORDER BY version DESC",
         )
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| ModelRow {
-                version: r.0,
-                file: r.1,
-                trained_at: r.2,
-                trainer: r.3,
-                n_users: r.4,
-                n_items: r.5,
-                n_ratings: r.6,
-                n_holdout: r.7,
-                train_rmse: r.8,
-                holdout_rmse: r.9,
-                train_secs: r.10,
-            })
-            .collect())
+        tracing::Span::current().record("rows", rows.len());
+        Ok(rows)
     }
 
-    /// Bulk load for `funkrec import` (see `bulk.rs`).
+    /// Bulk load for `funkrec import` (see `bulk.rs`), holding the store's lock
+    /// exclusively: refused at once while a server (or another import) uses the store.
+    #[tracing::instrument(skip_all, fields(rows = Empty, new_users = Empty, new_items = Empty))]
     pub async fn bulk_import<I>(
         &self,
         rows: I,
@@ -275,6 +271,12 @@ impl Store {
     where
         I: Iterator<Item = anyhow::Result<ImportRow>>,
     {
-        bulk::import(&self.pool, rows, on_progress).await
+        let _lock = lock::StoreLock::for_import(&self.path())?;
+        let stats = bulk::import(&self.pool, rows, on_progress).await?;
+        let span = tracing::Span::current();
+        span.record("rows", stats.rows);
+        span.record("new_users", stats.new_users);
+        span.record("new_items", stats.new_items);
+        Ok(stats)
     }
 }
