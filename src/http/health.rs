@@ -1,8 +1,8 @@
 //! Liveness and readiness probes.
 
-use super::openapi::ErrorBody;
-use super::AppState;
-use crate::error::ApiError;
+use crate::http::error::ApiError;
+use crate::http::error::ErrorBody;
+use crate::http::AppState;
 use axum::extract::State;
 use axum::Json;
 use serde::{Deserialize, Serialize};

@@ -2,57 +2,17 @@
 //! (`utoipa`), with the configured limits (scale, batch size, `n`, page size) filled in,
 //! served at `GET /openapi.json`.
 
-use super::AppState;
 use crate::config::Settings;
-use crate::domain::id_string_schema;
+use crate::http::body::{id_string_schema, RawId};
+use crate::http::error::{ErrorBody, ErrorCode, ErrorDetail};
+use crate::http::AppState;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::{get, MethodRouter};
-use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::borrow::Cow;
 use utoipa::openapi::{RefOr, Schema};
 use utoipa::{OpenApi, ToSchema};
-
-/// Every error: `{"error": {"code": ..., "message": ...}}`.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ErrorBody {
-    pub error: ErrorDetail,
-}
-
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ErrorDetail {
-    pub code: ErrorCode,
-    /// Human-readable; never carries internals for 5xx.
-    pub message: String,
-}
-
-/// The stable machine-readable error codes (see `ApiError::status_and_code`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum ErrorCode {
-    MalformedJson,
-    InvalidBody,
-    InvalidId,
-    InvalidRating,
-    EmptyBatch,
-    BatchTooLarge,
-    PayloadTooLarge,
-    UnsupportedMediaType,
-    InvalidQuery,
-    InvalidPath,
-    RatingNotFound,
-    NotFound,
-    MethodNotAllowed,
-    Timeout,
-    Unavailable,
-    Internal,
-    Unauthorized,
-    Forbidden,
-    Overloaded,
-}
 
 /// A user or item id in a path segment (percent-decoded): 1–128 characters, no control
 /// characters.
@@ -94,20 +54,20 @@ fn openapi_doc() {}
                        `method_not_allowed`. Every response carries `x-request-id`."
     ),
     paths(
-        super::health::healthz,
-        super::health::readyz,
-        super::metrics::metrics,
-        super::ratings::post_ratings,
-        super::ratings::list_ratings,
-        super::ratings::delete_rating,
-        super::recs::prediction,
-        super::recs::recommendations,
-        super::recs::similar,
-        super::model::get_model,
-        super::model::train,
+        crate::http::health::healthz,
+        crate::http::health::readyz,
+        crate::http::metrics::metrics,
+        crate::http::ratings::post_ratings,
+        crate::http::ratings::list_ratings,
+        crate::http::ratings::delete_rating,
+        crate::http::recs::prediction,
+        crate::http::recs::recommendations,
+        crate::http::recs::similar,
+        crate::http::model::get_model,
+        crate::http::model::train,
         openapi_doc,
     ),
-    components(schemas(ErrorBody, ErrorDetail, ErrorCode, PathId, crate::domain::RawId)),
+    components(schemas(ErrorBody, ErrorDetail, ErrorCode, PathId, RawId)),
     tags(
         (name = "ratings", description = "Write, list and delete ratings"),
         (name = "serving", description = "Predictions, recommendations, similar items"),
