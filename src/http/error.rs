@@ -61,9 +61,9 @@ pub enum ApiError {
     Internal(String),
 }
 
-/// The stable machine-readable error codes: the `code` of every error body and the
-/// `ErrorCode` enum of the OpenAPI document (serde and strum both spell them in
-/// `snake_case`; a unit test checks that they agree).
+// The `code` of every error body and the `ErrorCode` enum of the OpenAPI document; serde
+// and strum both spell the variants in `snake_case` (a unit test checks that they agree).
+/// The stable machine-readable error codes (see `ApiError::status_and_code`).
 #[derive(
     Debug,
     Clone,
