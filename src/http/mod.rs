@@ -48,6 +48,8 @@ pub struct AppState {
     pub recent: Arc<RecentWrites>,
     pub serving: Arc<Serving>,
     pub worker: Worker,
+    /// The training worker's loop, for `/readyz` (only `is_finished` is used).
+    pub worker_loop: tokio::task::AbortHandle,
     pub metrics: Arc<Metrics>,
 }
 
