@@ -64,20 +64,9 @@ pub enum ApiError {
 // The `code` of every error body and the `ErrorCode` enum of the OpenAPI document; serde
 // and strum both spell the variants in `snake_case` (a unit test checks that they agree).
 /// The stable machine-readable error codes (see `ApiError::status_and_code`).
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Hash,
-    Serialize,
-    Deserialize,
-    ToSchema,
-    strum::IntoStaticStr,
-    strum::VariantArray,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
+#[derive(strum::IntoStaticStr, strum::VariantArray)]
 #[strum(serialize_all = "snake_case")]
 pub enum ErrorCode {
     MalformedJson,
