@@ -10,9 +10,12 @@ use std::fmt;
 use subtle::ConstantTimeEq;
 
 /// What a key may do. `Ord`: `Read < Write < Admin`; a key may call an endpoint
-/// when its role is at least the endpoint's.
+/// when its role is at least the endpoint's. Written in lowercase (`Display`, `FromStr`,
+/// serde).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
+#[derive(strum::Display, strum::EnumString, strum::VariantNames)]
+#[strum(serialize_all = "lowercase")]
 pub enum Role {
     /// GET endpoints: ratings lists, predictions, recommendations, similar items.
     Read,
@@ -23,32 +26,16 @@ pub enum Role {
 }
 
 impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Read => "read",
-            Role::Write => "write",
-            Role::Admin => "admin",
-        }
-    }
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::str::FromStr for Role {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "read" => Ok(Role::Read),
-            "write" => Ok(Role::Write),
-            "admin" => Ok(Role::Admin),
-            other => Err(format!(
-                "unknown role `{other}` (expected read, write or admin)"
-            )),
-        }
+    /// Parses a role name; the error lists the accepted ones.
+    pub fn parse(s: &str) -> Result<Role, String> {
+        s.parse().map_err(|_| {
+            let names = <Role as strum::VariantNames>::VARIANTS;
+            let (last, rest) = names.split_last().expect("Role has variants");
+            format!(
+                "unknown role `{s}` (expected {} or {last})",
+                rest.join(", ")
+            )
+        })
     }
 }
 
@@ -93,7 +80,7 @@ impl KeySpec {
                 "an API key must be written `role:key` (role = read, write or admin)".into(),
             );
         };
-        let role: Role = role.trim().parse()?;
+        let role = Role::parse(role.trim())?;
         if !(MIN_KEY_LEN..=MAX_KEY_LEN).contains(&key.len()) {
             return Err(format!(
                 "the {role} key has {} characters; keys need {MIN_KEY_LEN} to {MAX_KEY_LEN}",
@@ -242,8 +229,14 @@ mod tests {
     #[test]
     fn roles_are_ordered() {
         assert!(Role::Admin > Role::Write && Role::Write > Role::Read);
-        assert_eq!("write".parse::<Role>().unwrap(), Role::Write);
-        assert!("root".parse::<Role>().is_err());
+        assert_eq!(Role::parse("write"), Ok(Role::Write));
+        assert_eq!(Role::Admin.to_string(), "admin");
+        assert_eq!(
+            Role::parse("root").unwrap_err(),
+            "unknown role `root` (expected read, write or admin)"
+        );
+        assert!(Role::parse("Admin").is_err(), "names are lowercase only");
+        assert_eq!(serde_json::to_value(Role::Read).unwrap(), "read");
     }
 
     #[test]

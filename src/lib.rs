@@ -3,7 +3,6 @@ pub mod auth;
 pub mod commands;
 pub mod config;
 pub mod domain;
-pub mod error;
 pub mod http;
 pub mod malloc;
 pub mod metrics;

@@ -71,6 +71,7 @@ impl Application {
             recent,
             serving,
             worker,
+            worker_loop: worker_task.abort_handle(),
             metrics: Arc::new(Metrics::new()),
         };
         Ok(Application {

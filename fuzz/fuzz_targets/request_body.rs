@@ -2,7 +2,8 @@
 //! validation (`parse_ratings_body`): never a panic; every error is a 4xx the API documents;
 //! everything accepted is a valid rating, and re-posting it is accepted unchanged.
 #![no_main]
-use funkrec::domain::{parse_ratings_body, BodyLimits, ItemId, UserId};
+use funkrec::domain::{ItemId, UserId};
+use funkrec::http::body::{parse_ratings_body, BodyLimits};
 use funkrec_engine::Scale;
 use libfuzzer_sys::fuzz_target;
 

@@ -1,9 +1,9 @@
 //! Bearer-key access control for the `/v1` API: which role a route needs, and the
 //! middleware that checks the `Authorization` header against the configured keys.
 
-use super::AppState;
 use crate::auth::Role;
-use crate::error::ApiError;
+use crate::http::error::ApiError;
+use crate::http::AppState;
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, Method};
 use axum::middleware::Next;

@@ -1,11 +1,9 @@
 //! Extractors that wrap axum's and turn every rejection into an [`ApiError`].
 
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 use axum::body::Bytes;
-use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
-use axum::http::request::Parts;
+use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::{header, HeaderMap, StatusCode};
-use serde::de::DeserializeOwned;
 
 /// The raw bytes of a body sent as JSON (`application/json` or `application/*+json`,
 /// parameters such as `charset` allowed, the same rule as axum's `Json`); parsing is left
@@ -51,23 +49,11 @@ impl<S: Send + Sync> FromRequest<S> for JsonBytes {
 }
 
 /// `Query<T>` answering `invalid_query`.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
 pub struct ApiQuery<T>(pub T);
 
-impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
-    type Rejection = ApiError;
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        let Query(v) = Query::<T>::from_request_parts(parts, state).await?;
-        Ok(ApiQuery(v))
-    }
-}
-
 /// `Path<T>` answering `invalid_path`.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
 pub struct ApiPath<T>(pub T);
-
-impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath<T> {
-    type Rejection = ApiError;
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        let Path(v) = Path::<T>::from_request_parts(parts, state).await?;
-        Ok(ApiPath(v))
-    }
-}

@@ -1,11 +1,11 @@
 //! Liveness and readiness probes.
 
-use super::openapi::ErrorBody;
-use super::AppState;
-use crate::error::ApiError;
+use crate::http::error::{ApiError, ErrorBody};
+use crate::http::AppState;
 use axum::extract::State;
 use axum::Json;
 use serde::{Deserialize, Serialize};
+use std::time::{Duration, Instant};
 use utoipa::ToSchema;
 
 /// `GET /healthz` answer.
@@ -15,15 +15,82 @@ pub struct Health {
     pub status: String,
 }
 
-/// `GET /readyz` answer.
+/// The overall state in a `200` answer of `GET /readyz`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadyState {
+    Ready,
+}
+
+/// A check that passed (a failing one answers 503 instead).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckState {
+    Ok,
+}
+
+/// `GET /readyz` answer: every check passed.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Ready {
-    /// Always `ready`.
-    pub status: String,
-    /// Always `ok` (an unreachable database is a 503).
-    pub database: String,
+    pub status: ReadyState,
+    /// The database answered a `SELECT 1`.
+    pub database: CheckState,
+    /// Round trip of that query, in milliseconds.
+    pub database_latency_ms: f64,
+    /// The writer thread takes rating writes.
+    pub writer: CheckState,
+    /// The background training worker is running.
+    pub training_worker: CheckState,
+    /// Whether a model snapshot is served (reported, not required: without one the API
+    /// serves fallbacks).
     pub model_loaded: bool,
+    /// Version of the served snapshot.
     pub model_version: Option<u64>,
+}
+
+/// What `/readyz` found; [`Probe::verdict`] turns it into the answer.
+struct Probe {
+    /// The database ping: its error, or how long it took.
+    database: Result<Duration, String>,
+    writer_running: bool,
+    worker_running: bool,
+    model_version: Option<u64>,
+}
+
+impl Probe {
+    /// `Ready`, or `NotReady` naming every failing check (the client sees the names, the
+    /// log also the reasons).
+    fn verdict(self) -> Result<Ready, ApiError> {
+        let mut failed = Vec::new();
+        let mut why = Vec::new();
+        if let Err(e) = &self.database {
+            failed.push("database");
+            why.push(format!("database: {e}"));
+        }
+        if !self.writer_running {
+            failed.push("writer");
+            why.push("writer: the writer thread has ended".to_owned());
+        }
+        if !self.worker_running {
+            failed.push("training_worker");
+            why.push("training_worker: the worker loop has ended".to_owned());
+        }
+        match self.database {
+            Ok(latency) if failed.is_empty() => Ok(Ready {
+                status: ReadyState::Ready,
+                database: CheckState::Ok,
+                database_latency_ms: latency.as_secs_f64() * 1e3,
+                writer: CheckState::Ok,
+                training_worker: CheckState::Ok,
+                model_loaded: self.model_version.is_some(),
+                model_version: self.model_version,
+            }),
+            _ => Err(ApiError::NotReady {
+                failed: failed.join(", "),
+                detail: why.join("; "),
+            }),
+        }
+    }
 }
 
 /// `GET /healthz` — the process is alive.
@@ -43,28 +110,83 @@ pub async fn healthz() -> Json<Health> {
     })
 }
 
-/// `GET /readyz` — 200 when the database answers (whether a model is loaded is
-/// reported, not required: without one the API serves fallbacks); 503 otherwise.
+/// `GET /readyz` — 200 when the database answers a ping, the writer thread takes writes
+/// and the training worker runs (whether a model is loaded is reported, not required);
+/// 503 `unavailable` naming the failing checks otherwise.
 #[utoipa::path(
     get,
     path = "/readyz",
     tag = "health",
     operation_id = "readyz",
     responses(
-        (status = 200, description = "The database answers", body = Ready),
-        (status = 503, description = "`unavailable` (the database does not answer) or `timeout`", body = ErrorBody),
+        (status = 200, description = "Every check passed", body = Ready),
+        (status = 503, description = "`unavailable` (the message names the failing checks: `database`, `writer`, `training_worker`) or `timeout`", body = ErrorBody),
     )
 )]
 pub async fn readyz(State(st): State<AppState>) -> Result<Json<Ready>, ApiError> {
-    st.store
+    let started = Instant::now();
+    let database = st
+        .store
         .ping()
         .await
-        .map_err(|e| ApiError::Unavailable(format!("database: {e}")))?;
-    let snap = st.serving.get();
-    Ok(Json(Ready {
-        status: "ready".into(),
-        database: "ok".into(),
-        model_loaded: snap.is_some(),
-        model_version: snap.map(|s| s.version),
-    }))
+        .map(|()| started.elapsed())
+        .map_err(|e| e.to_string());
+    let probe = Probe {
+        database,
+        writer_running: st.writer.is_running(),
+        worker_running: !st.worker_loop.is_finished(),
+        model_version: st.serving.get().map(|s| s.version),
+    };
+    probe.verdict().map(Json)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::error::ErrorCode;
+
+    fn healthy() -> Probe {
+        Probe {
+            database: Ok(Duration::from_micros(1500)),
+            writer_running: true,
+            worker_running: true,
+            model_version: Some(4),
+        }
+    }
+
+    #[test]
+    fn all_checks_passing_is_ready_with_the_model_reported() {
+        let r = healthy().verdict().unwrap();
+        assert_eq!(r.database_latency_ms, 1.5);
+        assert_eq!((r.model_loaded, r.model_version), (true, Some(4)));
+        let r = Probe {
+            model_version: None,
+            ..healthy()
+        };
+        assert!(
+            !r.verdict().unwrap().model_loaded,
+            "no model is still ready"
+        );
+    }
+
+    #[test]
+    fn each_failing_check_is_named() {
+        let e = Probe {
+            database: Err("disk I/O error at /secret/db".into()),
+            ..healthy()
+        }
+        .verdict()
+        .unwrap_err();
+        assert_eq!(e.code(), ErrorCode::Unavailable);
+        assert_eq!(e.public_message(), "not ready: database");
+        assert!(e.to_string().contains("disk I/O error"), "{e}");
+        let e = Probe {
+            writer_running: false,
+            worker_running: false,
+            ..healthy()
+        }
+        .verdict()
+        .unwrap_err();
+        assert_eq!(e.public_message(), "not ready: writer, training_worker");
+    }
 }

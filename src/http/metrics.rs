@@ -1,6 +1,6 @@
 //! `GET /metrics` and the middleware that records every request.
 
-use super::AppState;
+use crate::http::AppState;
 use crate::metrics::{Metrics, CONTENT_TYPE};
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, Method};
@@ -16,7 +16,7 @@ use std::time::Instant;
     operation_id = "metrics",
     responses(
         (status = 200, description = "Prometheus text exposition format", content_type = "text/plain; version=0.0.4", body = String),
-        (status = 503, description = "`timeout`", body = super::openapi::ErrorBody),
+        (status = 503, description = "`timeout`", body = crate::http::error::ErrorBody),
     )
 )]
 /// `GET /metrics` — Prometheus text format. Store, model and training figures are

@@ -2,6 +2,8 @@
 //! metrics, request ids, tracing).
 
 pub mod auth;
+pub mod body;
+pub mod error;
 mod extract;
 mod health;
 mod metrics;
@@ -11,7 +13,7 @@ mod ratings;
 mod recs;
 
 use crate::config::Settings;
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 use crate::metrics::Metrics;
 use crate::rated::RecentWrites;
 use crate::snapshot::Serving;
@@ -46,6 +48,8 @@ pub struct AppState {
     pub recent: Arc<RecentWrites>,
     pub serving: Arc<Serving>,
     pub worker: Worker,
+    /// The training worker's loop, for `/readyz` (only `is_finished` is used).
+    pub worker_loop: tokio::task::AbortHandle,
     pub metrics: Arc<Metrics>,
 }
 
@@ -145,6 +149,8 @@ pub fn router(state: AppState) -> Router {
                 )),
         )
         .layer(axum::middleware::map_response(json_errors))
+        // outside `json_errors`, so that the 5xx it builds from bare statuses are logged too
+        .layer(axum::middleware::map_response(error::log_server_errors))
         .layer(axum::middleware::from_fn_with_state(
             state.metrics.clone(),
             metrics::track,

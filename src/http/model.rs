@@ -1,7 +1,7 @@
 //! Model endpoints: describe the serving snapshot, request a retrain.
 
-use super::openapi::ErrorBody;
-use super::AppState;
+use crate::http::error::ErrorBody;
+use crate::http::AppState;
 use crate::worker::JobStatus;
 use axum::extract::State;
 use axum::http::StatusCode;

@@ -2,57 +2,20 @@
 //! (`utoipa`), with the configured limits (scale, batch size, `n`, page size) filled in,
 //! served at `GET /openapi.json`.
 
-use super::AppState;
 use crate::config::Settings;
-use crate::domain::id_string_schema;
+use crate::http::body::{id_string_schema, RawId};
+use crate::http::error::{ErrorBody, ErrorCode, ErrorDetail};
+use crate::http::AppState;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::{get, MethodRouter};
-use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
 use std::borrow::Cow;
-use utoipa::openapi::{RefOr, Schema};
-use utoipa::{OpenApi, ToSchema};
-
-/// Every error: `{"error": {"code": ..., "message": ...}}`.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ErrorBody {
-    pub error: ErrorDetail,
-}
-
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ErrorDetail {
-    pub code: ErrorCode,
-    /// Human-readable; never carries internals for 5xx.
-    pub message: String,
-}
-
-/// The stable machine-readable error codes (see `ApiError::status_and_code`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum ErrorCode {
-    MalformedJson,
-    InvalidBody,
-    InvalidId,
-    InvalidRating,
-    EmptyBatch,
-    BatchTooLarge,
-    PayloadTooLarge,
-    UnsupportedMediaType,
-    InvalidQuery,
-    InvalidPath,
-    RatingNotFound,
-    NotFound,
-    MethodNotAllowed,
-    Timeout,
-    Unavailable,
-    Internal,
-    Unauthorized,
-    Forbidden,
-    Overloaded,
-}
+use utoipa::openapi::path::{Operation, PathItem};
+use utoipa::openapi::schema::Object;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, SecurityScheme};
+use utoipa::openapi::{self, ContentBuilder, Ref, RefOr, ResponseBuilder, Schema};
+use utoipa::Number;
+use utoipa::{Modify, OpenApi, ToSchema};
 
 /// A user or item id in a path segment (percent-decoded): 1–128 characters, no control
 /// characters.
@@ -94,91 +57,160 @@ fn openapi_doc() {}
                        `method_not_allowed`. Every response carries `x-request-id`."
     ),
     paths(
-        super::health::healthz,
-        super::health::readyz,
-        super::metrics::metrics,
-        super::ratings::post_ratings,
-        super::ratings::list_ratings,
-        super::ratings::delete_rating,
-        super::recs::prediction,
-        super::recs::recommendations,
-        super::recs::similar,
-        super::model::get_model,
-        super::model::train,
+        crate::http::health::healthz,
+        crate::http::health::readyz,
+        crate::http::metrics::metrics,
+        crate::http::ratings::post_ratings,
+        crate::http::ratings::list_ratings,
+        crate::http::ratings::delete_rating,
+        crate::http::recs::prediction,
+        crate::http::recs::recommendations,
+        crate::http::recs::similar,
+        crate::http::model::get_model,
+        crate::http::model::train,
         openapi_doc,
     ),
-    components(schemas(ErrorBody, ErrorDetail, ErrorCode, PathId, crate::domain::RawId)),
+    components(schemas(ErrorBody, ErrorDetail, ErrorCode, PathId, RawId)),
     tags(
         (name = "ratings", description = "Write, list and delete ratings"),
         (name = "serving", description = "Predictions, recommendations, similar items"),
         (name = "model", description = "The serving snapshot and training"),
         (name = "health", description = "Probes"),
         (name = "meta", description = "This document"),
-    )
+    ),
+    modifiers(&ProtectedApi)
 )]
 struct ApiDoc;
 
-/// The document for a server running with `settings`: the generated one with the
-/// configured limits written into the schemas, so that what it allows is exactly what the
-/// server accepts.
-pub fn document(settings: &Settings) -> Value {
-    let mut doc = serde_json::to_value(ApiDoc::openapi()).expect("the document serialises");
-    doc["info"]["version"] = json!(env!("CARGO_PKG_VERSION"));
-    let s = &settings.server;
-    let scale = settings.model.scale;
-    let rating = doc
-        .pointer_mut("/components/schemas/RatingInput/properties/rating")
-        .expect("RatingInput.rating is in the document");
-    rating["minimum"] = json!(scale.min as f64);
-    rating["maximum"] = json!(scale.max as f64);
-    let batch = doc
-        .pointer_mut("/components/schemas/RatingBatch/properties/ratings")
-        .expect("RatingBatch.ratings is in the document");
-    batch["maxItems"] = json!(s.max_batch);
-    // Every /v1 route passes the auth middleware and the shared concurrency limit.
-    let error = |what: &str| json!({"description": what, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}});
-    doc["components"]["securitySchemes"] = json!({"bearer": {"type": "http", "scheme": "bearer"}});
-    if let Some(paths) = doc["paths"].as_object_mut() {
-        for (_, item) in paths.iter_mut().filter(|(p, _)| p.starts_with("/v1/")) {
-            for op in item
-                .as_object_mut()
-                .into_iter()
-                .flat_map(|m| m.values_mut())
-            {
-                op["security"] = json!([{"bearer": []}]);
-                let responses = &mut op["responses"];
-                responses["401"] =
-                    error("`unauthorized`: keys are configured and no valid key was sent");
-                responses["403"] =
-                    error("`forbidden`: the key's role does not allow this operation");
-                responses["503"] = error("`overloaded` (with `Retry-After`) or `timeout`");
+/// Every `/v1` operation passes the auth middleware and the shared concurrency limit:
+/// it needs the bearer key and can answer 401, 403 and 503.
+struct ProtectedApi;
+
+impl Modify for ProtectedApi {
+    fn modify(&self, doc: &mut openapi::OpenApi) {
+        doc.components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme(
+                "bearer",
+                SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+            );
+        let error = |what: &str| {
+            let body = ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("ErrorBody")))
+                .build();
+            ResponseBuilder::new()
+                .description(what)
+                .content("application/json", body)
+                .build()
+        };
+        let v1 = doc
+            .paths
+            .paths
+            .iter_mut()
+            .filter(|(p, _)| p.starts_with("/v1/"));
+        for op in v1.flat_map(|(_, item)| operations(item)) {
+            op.security = Some(vec![SecurityRequirement::new(
+                "bearer",
+                Vec::<String>::new(),
+            )]);
+            let responses = &mut op.responses.responses;
+            let mut add = |status: &str, what: &str| {
+                responses.insert(status.to_owned(), error(what).into());
+            };
+            add(
+                "401",
+                "`unauthorized`: keys are configured and no valid key was sent",
+            );
+            add(
+                "403",
+                "`forbidden`: the key's role does not allow this operation",
+            );
+            add("503", "`overloaded` (with `Retry-After`) or `timeout`");
+        }
+    }
+}
+
+/// The limits of a running server, written into the schemas so that what the document
+/// allows is exactly what the server accepts: the rating scale, the batch size and the
+/// maxima of `n`, `limit` and `offset`.
+struct ConfiguredLimits<'a>(&'a Settings);
+
+impl Modify for ConfiguredLimits<'_> {
+    fn modify(&self, doc: &mut openapi::OpenApi) {
+        let (s, scale) = (&self.0.server, self.0.model.scale);
+        let schemas = &mut doc
+            .components
+            .as_mut()
+            .expect("the document has components")
+            .schemas;
+        let rating = object(schemas.get_mut("RatingInput"))
+            .and_then(|o| object(o.properties.get_mut("rating")))
+            .expect("RatingInput.rating is an object schema");
+        rating.minimum = Some(Number::Float(scale.min as f64));
+        rating.maximum = Some(Number::Float(scale.max as f64));
+        let batch = match object(schemas.get_mut("RatingBatch"))
+            .and_then(|o| o.properties.get_mut("ratings"))
+        {
+            Some(RefOr::T(Schema::Array(a))) => a,
+            _ => panic!("RatingBatch.ratings is an array schema"),
+        };
+        batch.max_items = Some(s.max_batch);
+        let params = doc
+            .paths
+            .paths
+            .values_mut()
+            .flat_map(operations)
+            .flat_map(|op| op.parameters.iter_mut().flatten());
+        for p in params {
+            let max = match p.name.as_str() {
+                "n" => s.max_n,
+                "limit" => s.max_page_size as usize,
+                "offset" => u64::MAX as usize,
+                _ => continue,
+            };
+            if let Some(o) = object(p.schema.as_mut()) {
+                o.maximum = Some(Number::UInt(max));
             }
         }
     }
-    if let Some(paths) = doc["paths"].as_object_mut() {
-        for op in paths.values_mut().filter_map(Value::as_object_mut) {
-            for op in op.values_mut() {
-                let Some(params) = op.get_mut("parameters").and_then(Value::as_array_mut) else {
-                    continue;
-                };
-                for p in params {
-                    let max = match p["name"].as_str() {
-                        Some("n") => json!(s.max_n),
-                        Some("limit") => json!(s.max_page_size),
-                        Some("offset") => json!(u64::MAX),
-                        _ => continue,
-                    };
-                    p["schema"]["maximum"] = max;
-                }
-            }
-        }
+}
+
+/// The operations of a path, whatever their method.
+fn operations(item: &mut PathItem) -> impl Iterator<Item = &mut Operation> {
+    [
+        &mut item.get,
+        &mut item.put,
+        &mut item.post,
+        &mut item.delete,
+        &mut item.options,
+        &mut item.head,
+        &mut item.patch,
+        &mut item.trace,
+    ]
+    .into_iter()
+    .flatten()
+}
+
+/// The object schema written in place (not a `$ref`), if that is what `schema` is.
+fn object(schema: Option<&mut RefOr<Schema>>) -> Option<&mut Object> {
+    match schema {
+        Some(RefOr::T(Schema::Object(o))) => Some(o),
+        _ => None,
     }
+}
+
+/// The document for a server running with `settings`.
+pub fn document(settings: &Settings) -> openapi::OpenApi {
+    let mut doc = ApiDoc::openapi();
+    ConfiguredLimits(settings).modify(&mut doc);
     doc
 }
 
 /// The route serving the document (rendered once, when the router is built).
 pub fn route(settings: &Settings) -> MethodRouter<AppState> {
-    let body = serde_json::to_string(&document(settings)).expect("the document serialises");
+    let body = document(settings)
+        .to_json()
+        .expect("the document serialises");
     get(move || {
         let body = body.clone();
         async move { ([(header::CONTENT_TYPE, "application/json")], body).into_response() }

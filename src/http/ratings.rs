@@ -1,10 +1,12 @@
 //! Rating endpoints: ingest (single or batch, all-or-nothing), list a user's ratings, delete one.
 
-use super::extract::{ApiPath, ApiQuery, JsonBytes};
-use super::openapi::{ErrorBody, PathId};
-use super::AppState;
-use crate::domain::{parse_ratings_body, unix_now, BodyLimits, ItemId, UserId};
-use crate::error::ApiError;
+use crate::domain::{unix_now, ItemId, UserId};
+use crate::http::body::{parse_ratings_body, BodyLimits};
+use crate::http::error::ApiError;
+use crate::http::error::ErrorBody;
+use crate::http::extract::{ApiPath, ApiQuery, JsonBytes};
+use crate::http::openapi::PathId;
+use crate::http::AppState;
 use crate::store::StoredRating;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -26,7 +28,7 @@ pub struct Accepted {
     tag = "ratings",
     operation_id = "post_ratings",
     request_body(
-        content = crate::domain::RatingsBody,
+        content = crate::http::body::RatingsBody,
         content_type = "application/json",
         description = "One rating, or `{\"ratings\": [...]}` with 1 … `server.max_batch` \
                        ratings (all-or-nothing). Unknown fields are refused."

@@ -1,10 +1,11 @@
 //! Serving endpoints: predictions, top-N recommendations and similar items from the current snapshot.
 
-use super::extract::{ApiPath, ApiQuery};
-use super::openapi::{ErrorBody, PathId};
-use super::AppState;
 use crate::domain::{ItemId, UserId};
-use crate::error::ApiError;
+use crate::http::error::ApiError;
+use crate::http::error::ErrorBody;
+use crate::http::extract::{ApiPath, ApiQuery};
+use crate::http::openapi::PathId;
+use crate::http::AppState;
 use crate::rated;
 use axum::extract::State;
 use axum::Json;

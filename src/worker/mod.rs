@@ -70,6 +70,11 @@ pub struct WorkerTask {
 }
 
 impl WorkerTask {
+    /// A handle on the worker loop whose `is_finished` tells whether it has ended.
+    pub fn abort_handle(&self) -> tokio::task::AbortHandle {
+        self.join.abort_handle()
+    }
+
     /// Cancels a run in progress (at its next epoch; the partial model is
     /// discarded), stops the loop and waits for it.
     pub async fn shutdown(self) {

@@ -4,8 +4,6 @@ use crate::helpers::*;
 use funkrec::auth::ApiKeys;
 use funkrec::startup::Application;
 use serde_json::{json, Value};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub const ADMIN: &str = "admin-key-aaaaaaaaaaaaaaaa";
@@ -138,67 +136,71 @@ async fn non_loopback_bind_without_keys_refuses_to_start() {
         .expect("keys make any bind fine");
 }
 
+/// Reads one response head (up to the blank line) from a raw connection.
+async fn read_head(conn: &mut tokio::net::TcpStream) -> String {
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(conn.read_u8().await.expect("the server answers"));
+    }
+    String::from_utf8(head).unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_the_concurrency_limit_requests_are_shed_with_503() {
-    let app = Arc::new(
-        spawn_app_with(|s| {
-            s.server.max_concurrent_requests = 1;
-            s.server.retry_after_secs = 7;
-        })
-        .await,
-    );
-    // Request A takes the only permit and keeps it: over a raw connection it
-    // sends its head and half its body, and the rest only when told to. If A
-    // itself was shed (it raced with a probe request), start over.
+    let app = spawn_app_with(|s| {
+        s.server.max_concurrent_requests = 1;
+        s.server.retry_after_secs = 7;
+    })
+    .await;
+    // Request A takes the only permit and keeps it: it sends `Expect: 100-continue` and
+    // no body. The server answers `100 Continue` only once the handler starts reading the
+    // body, that is once A is past the concurrency limit; A holds the permit until its
+    // body arrives.
     let body = br#"{"user": "u1", "item": "i1", "rating": 5}"#;
     let host = app.addr.trim_start_matches("http://").to_owned();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let (mut conn, shed) = loop {
-        assert!(Instant::now() < deadline, "never shed");
-        let mut conn = tokio::net::TcpStream::connect(&host).await.unwrap();
-        let head = format!(
-            "POST /v1/ratings HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n\
-             Content-Length: {}\r\nConnection: close\r\n\r\n",
-            body.len()
-        );
-        conn.write_all(head.as_bytes()).await.unwrap();
-        conn.write_all(&body[..10]).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let mut probe = [0u8; 1];
-        let answered = tokio::time::timeout(Duration::from_millis(1), conn.peek(&mut probe)).await;
-        if answered.is_ok() {
-            continue; // A got an answer (503) already
-        }
-        // B is shed (not queued) while A holds the permit
-        let r = app.get("/v1/users/u1/ratings").await;
-        if r.status() == 503 {
-            break (conn, r);
-        }
-        assert_eq!(r.status(), 200);
-    };
+    let mut conn = tokio::net::TcpStream::connect(&host).await.unwrap();
+    let head = format!(
+        "POST /v1/ratings HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    let interim = read_head(&mut conn).await;
+    assert!(interim.starts_with("HTTP/1.1 100 "), "{interim}");
+
+    // B is shed, not queued: its answer arrives while A still holds the permit
+    let shed = app.get("/v1/users/u1/ratings").await;
+    assert_eq!(shed.status(), 503);
     assert_eq!(shed.headers()["retry-after"], "7");
     let v: Value = shed.json().await.unwrap();
     assert_eq!(v["error"]["code"], "overloaded", "{v}");
-    // shedding answers at once, it does not wait for the permit
-    let t = Instant::now();
     assert_eq!(app.get("/v1/items/i1/similar").await.status(), 503);
-    assert!(t.elapsed() < Duration::from_secs(2));
     // probes and metrics are outside the limit
     assert_eq!(app.get("/healthz").await.status(), 200);
-    assert_eq!(app.get("/readyz").await.status(), 200);
+    let (s, ready) = app.get_json("/readyz").await;
+    assert_eq!(s, 200, "{ready}");
+    assert_eq!(
+        (&ready["writer"], &ready["training_worker"]),
+        (&json!("ok"), &json!("ok"))
+    );
+    assert!(
+        ready["database_latency_ms"].as_f64().unwrap() >= 0.0,
+        "{ready}"
+    );
     let m = app.get("/metrics").await.text().await.unwrap();
     assert!(
         m.contains(r#"route="/v1/users/{user}/ratings",status="503"}"#),
         "{m}"
     );
+
     // A completes normally; then the permit is free again
-    conn.write_all(&body[10..]).await.unwrap();
+    conn.write_all(body).await.unwrap();
     let mut answer = String::new();
     conn.read_to_string(&mut answer).await.unwrap();
     assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
     let (s, v) = app.get_json("/v1/users/u1/ratings").await;
     assert_eq!((s, v["total"].as_u64()), (200, Some(1)));
-    Arc::into_inner(app).unwrap().stop().await;
+    app.stop().await;
 }
 
 fn sample(text: &str, line_start: &str) -> Option<f64> {

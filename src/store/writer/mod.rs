@@ -172,6 +172,11 @@ impl Writer {
         Ok((Writer { tx: tx.clone() }, WriterTask { tx, done }))
     }
 
+    /// Whether the writer thread is still taking writes (it has not ended).
+    pub fn is_running(&self) -> bool {
+        !self.tx.is_disconnected()
+    }
+
     /// Stores a batch (all or nothing); Ok once its transaction committed. Within the
     /// batch a later rating of the same (user, item) pair replaces an earlier one.
     pub async fn upsert(&self, ratings: Vec<NewRating>) -> Result<(), StoreError> {

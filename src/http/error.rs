@@ -1,13 +1,16 @@
-//! The crate's one API error type: stable codes, HTTP status mapping and the JSON error body.
+//! The API's one error type: stable codes ([`ErrorCode`], also the OpenAPI enum), HTTP
+//! status mapping, the JSON error body, and the middleware that logs 5xx details.
 
 use crate::domain::DomainError;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
-/// Every error the API reports. `code()` strings are a stable contract.
+/// Every error the API reports; [`ApiError::status_and_code`] maps each to its status and
+/// stable code.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{0}")]
@@ -49,41 +52,115 @@ pub enum ApiError {
     /// Shed by the concurrency limit; the field is the `Retry-After` in seconds.
     #[error("the server is at its concurrency limit; retry later")]
     Overloaded(u64),
+    /// `/readyz` found failing checks: `failed` names them (sent), `detail` says why
+    /// (logged only).
+    #[error("not ready: {failed} ({detail})")]
+    NotReady { failed: String, detail: String },
     /// Details are logged, never sent to the client.
     #[error("internal error: {0}")]
     Internal(String),
 }
 
+// The `code` of every error body and the `ErrorCode` enum of the OpenAPI document; serde
+// and strum both spell the variants in `snake_case` (a unit test checks that they agree).
+/// The stable machine-readable error codes (see `ApiError::status_and_code`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[derive(strum::IntoStaticStr, strum::VariantArray)]
+#[strum(serialize_all = "snake_case")]
+pub enum ErrorCode {
+    MalformedJson,
+    InvalidBody,
+    InvalidId,
+    InvalidRating,
+    EmptyBatch,
+    BatchTooLarge,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    InvalidQuery,
+    InvalidPath,
+    RatingNotFound,
+    NotFound,
+    MethodNotAllowed,
+    Timeout,
+    Unavailable,
+    Internal,
+    Unauthorized,
+    Forbidden,
+    Overloaded,
+}
+
+impl ErrorCode {
+    /// The code as it appears in error bodies, e.g. `invalid_id`.
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+}
+
+/// Every error: `{"error": {"code": ..., "message": ...}}`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorDetail {
+    pub code: ErrorCode,
+    /// Human-readable; never carries internals for 5xx.
+    pub message: String,
+}
+
+/// What a 5xx response built from an [`ApiError`] carries in its extensions for
+/// [`log_server_errors`]: the full error, which the body never shows.
+#[derive(Debug, Clone)]
+pub struct ServerErrorDetail {
+    pub code: ErrorCode,
+    pub detail: String,
+}
+
+/// Middleware (`map_response`): logs the detail of every 5xx answer built from an
+/// [`ApiError`], in the request's span.
+pub async fn log_server_errors(res: Response) -> Response {
+    if let Some(e) = res.extensions().get::<ServerErrorDetail>() {
+        tracing::error!(code = e.code.as_str(), error = %e.detail, "request failed");
+    }
+    res
+}
+
 impl ApiError {
     /// HTTP status and stable machine-readable code (exhaustive: a new variant must be mapped).
-    pub fn status_and_code(&self) -> (StatusCode, &'static str) {
-        use ApiError::*;
+    pub fn status_and_code(&self) -> (StatusCode, ErrorCode) {
+        use ApiError as E;
+        use ErrorCode as C;
         match self {
-            MalformedJson(_) => (StatusCode::BAD_REQUEST, "malformed_json"),
-            InvalidBody(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_body"),
-            InvalidId(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_id"),
-            InvalidRating(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_rating"),
-            EmptyBatch(_) => (StatusCode::UNPROCESSABLE_ENTITY, "empty_batch"),
-            BatchTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "batch_too_large"),
-            PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
-            UnsupportedMediaType(_) => {
-                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            E::MalformedJson(_) => (StatusCode::BAD_REQUEST, C::MalformedJson),
+            E::InvalidBody(_) => (StatusCode::UNPROCESSABLE_ENTITY, C::InvalidBody),
+            E::InvalidId(_) => (StatusCode::UNPROCESSABLE_ENTITY, C::InvalidId),
+            E::InvalidRating(_) => (StatusCode::UNPROCESSABLE_ENTITY, C::InvalidRating),
+            E::EmptyBatch(_) => (StatusCode::UNPROCESSABLE_ENTITY, C::EmptyBatch),
+            E::BatchTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, C::BatchTooLarge),
+            E::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, C::PayloadTooLarge),
+            E::UnsupportedMediaType(_) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, C::UnsupportedMediaType)
             }
-            InvalidQuery(_) => (StatusCode::BAD_REQUEST, "invalid_query"),
-            InvalidPath(_) => (StatusCode::BAD_REQUEST, "invalid_path"),
-            RatingNotFound(_) => (StatusCode::NOT_FOUND, "rating_not_found"),
-            RouteNotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
-            MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
-            Timeout => (StatusCode::SERVICE_UNAVAILABLE, "timeout"),
-            Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
-            Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
-            Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
-            Overloaded(_) => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
-            Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            E::InvalidQuery(_) => (StatusCode::BAD_REQUEST, C::InvalidQuery),
+            E::InvalidPath(_) => (StatusCode::BAD_REQUEST, C::InvalidPath),
+            E::RatingNotFound(_) => (StatusCode::NOT_FOUND, C::RatingNotFound),
+            E::RouteNotFound(_) => (StatusCode::NOT_FOUND, C::NotFound),
+            E::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, C::MethodNotAllowed),
+            E::Timeout => (StatusCode::SERVICE_UNAVAILABLE, C::Timeout),
+            E::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, C::Unavailable),
+            E::Unauthorized(_) => (StatusCode::UNAUTHORIZED, C::Unauthorized),
+            E::Forbidden(_) => (StatusCode::FORBIDDEN, C::Forbidden),
+            E::Overloaded(_) => (StatusCode::SERVICE_UNAVAILABLE, C::Overloaded),
+            E::NotReady { .. } => (StatusCode::SERVICE_UNAVAILABLE, C::Unavailable),
+            E::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, C::Internal),
         }
     }
 
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         self.status_and_code().1
     }
 
@@ -92,6 +169,7 @@ impl ApiError {
         match self {
             ApiError::Internal(_) => "internal server error".into(),
             ApiError::Unavailable(_) => "service temporarily unavailable".into(),
+            ApiError::NotReady { failed, .. } => format!("not ready: {failed}"),
             other => other.to_string(),
         }
     }
@@ -119,11 +197,19 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
-        if status.is_server_error() {
-            tracing::error!(code, error = %self, "request failed");
-        }
-        let body = json!({"error": {"code": code, "message": self.public_message()}});
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code,
+                message: self.public_message(),
+            },
+        };
         let mut res = (status, Json(body)).into_response();
+        if status.is_server_error() {
+            res.extensions_mut().insert(ServerErrorDetail {
+                code,
+                detail: self.to_string(),
+            });
+        }
         match self {
             ApiError::Unauthorized(_) => {
                 res.headers_mut().insert(
@@ -245,25 +331,48 @@ mod tests {
 
     #[test]
     fn bare_statuses_map_to_codes() {
+        for (status, code) in [
+            (StatusCode::METHOD_NOT_ALLOWED, ErrorCode::MethodNotAllowed),
+            (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::PayloadTooLarge),
+            (StatusCode::REQUEST_TIMEOUT, ErrorCode::Timeout),
+            (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal),
+            (StatusCode::NOT_FOUND, ErrorCode::NotFound),
+        ] {
+            assert_eq!(ApiError::from_status(status).code(), code, "{status}");
+        }
+    }
+
+    #[test]
+    fn code_strings_are_the_serde_names() {
+        for code in <ErrorCode as strum::VariantArray>::VARIANTS {
+            assert_eq!(
+                serde_json::to_value(code).unwrap(),
+                serde_json::json!(code.as_str())
+            );
+        }
         assert_eq!(
-            ApiError::from_status(StatusCode::METHOD_NOT_ALLOWED).code(),
-            "method_not_allowed"
+            ErrorCode::UnsupportedMediaType.as_str(),
+            "unsupported_media_type"
         );
+    }
+
+    #[tokio::test]
+    async fn server_errors_carry_their_detail_for_the_log_only() {
+        let r = ApiError::Internal("secret path /etc/x".into()).into_response();
+        let d = r.extensions().get::<ServerErrorDetail>().unwrap();
+        assert_eq!(d.code, ErrorCode::Internal);
+        assert!(d.detail.contains("secret path /etc/x"), "{d:?}");
+        let (s, v) = body_of(ApiError::NotReady {
+            failed: "writer".into(),
+            detail: "db at 10.0.0.1".into(),
+        })
+        .await;
         assert_eq!(
-            ApiError::from_status(StatusCode::PAYLOAD_TOO_LARGE).code(),
-            "payload_too_large"
+            (s.as_u16(), v["error"]["code"].as_str()),
+            (503, Some("unavailable"))
         );
-        assert_eq!(
-            ApiError::from_status(StatusCode::REQUEST_TIMEOUT).code(),
-            "timeout"
-        );
-        assert_eq!(
-            ApiError::from_status(StatusCode::INTERNAL_SERVER_ERROR).code(),
-            "internal"
-        );
-        assert_eq!(
-            ApiError::from_status(StatusCode::NOT_FOUND).code(),
-            "not_found"
-        );
+        assert_eq!(v["error"]["message"], "not ready: writer");
+        let r = ApiError::InvalidId("x".into()).into_response();
+        assert!(r.extensions().get::<ServerErrorDetail>().is_none());
     }
 }
