@@ -5,31 +5,20 @@ use crate::error::EngineError;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Cursor, Read};
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
-/// The on-disk layout of a ratings file.
+/// The on-disk layout of a ratings file. On the command line (feature `cli`)
+/// also `ml100k`, `tsv`, `udata` for `tab` and `ml1m`, `ml10m` for `dat`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum Format {
     /// `user<TAB>item<TAB>rating<TAB>timestamp` (MovieLens 100K `u.data`).
+    #[cfg_attr(feature = "cli", value(aliases = ["ml100k", "tsv", "udata"]))]
     Tab,
     /// `user::item::rating::timestamp` (MovieLens 1M/10M `ratings.dat`).
+    #[cfg_attr(feature = "cli", value(aliases = ["ml1m", "ml10m"]))]
     Dat,
     /// `userId,movieId,rating,timestamp` with a header line (MovieLens "latest").
     Csv,
-}
-
-impl FromStr for Format {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s.to_ascii_lowercase().as_str() {
-            "tab" | "ml100k" | "tsv" | "udata" => Ok(Format::Tab),
-            "dat" | "ml1m" | "ml10m" => Ok(Format::Dat),
-            "csv" => Ok(Format::Csv),
-            other => Err(format!(
-                "unknown format {other:?} (expected tab, dat or csv)"
-            )),
-        }
-    }
 }
 
 impl Format {
