@@ -227,6 +227,10 @@ fn scan_items<const FMA: bool>(
     }
 }
 
+/// [`scan_items`] compiled with AVX2 and FMA.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn scan_items_avx2(
@@ -252,6 +256,10 @@ fn item_dot<const FMA: bool>(p: &[f32], q: &[f32], i: usize, n: usize) -> f32 {
     }
 }
 
+/// [`item_dot`] compiled with AVX2 and FMA.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn item_dot_avx2(p: &[f32], q: &[f32], i: usize, n: usize) -> f32 {
@@ -263,7 +271,7 @@ pub(crate) fn scan_score(p: &[f32], q: &[f32], bias: &[f32], i: usize) -> f32 {
     let n = bias.len().min(q.len() / p.len().max(1));
     #[cfg(target_arch = "x86_64")]
     if has_avx2_fma() {
-        // SAFETY: the CPU has the features the function is compiled for.
+        // SAFETY: `has_avx2_fma` just confirmed the CPU has AVX2 and FMA.
         return bias[i] + unsafe { item_dot_avx2(p, q, i, n) };
     }
     bias[i] + item_dot::<false>(p, q, i, n)
@@ -452,7 +460,7 @@ impl Model {
         } else {
             #[cfg(target_arch = "x86_64")]
             if has_avx2_fma() {
-                // SAFETY: the CPU has the features the function is compiled for.
+                // SAFETY: `has_avx2_fma` just confirmed the CPU has AVX2 and FMA.
                 unsafe { scan_items_avx2(p, q, bias, &exclude, &mut top) };
             } else {
                 scan_items::<false>(p, q, bias, &exclude, &mut top);

@@ -179,12 +179,16 @@ pub(crate) fn epoch_stats(
 fn sse_of(model: &Model, ratings: &[Rating]) -> f64 {
     #[cfg(target_arch = "x86_64")]
     if crate::model::has_avx2_fma() {
-        // SAFETY: the CPU supports the features the function is compiled for.
+        // SAFETY: `has_avx2_fma` just confirmed the CPU has AVX2 and FMA.
         return unsafe { sse_avx2(model, ratings) };
     }
     sse_kernel::<false>(model, ratings)
 }
 
+/// [`sse_kernel`] compiled with AVX2 and FMA.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn sse_avx2(model: &Model, ratings: &[Rating]) -> f64 {
