@@ -102,6 +102,10 @@ fn grid_epoch(
             }
         }
     } else {
+        // Scoped threads rather than rayon: at 2 threads, rayon's epoch took
+        // 1.05× the scoped pool's time (median of 8 ratios: 100 K, 400 K and 3 M
+        // ratings, k = 50, 2-core machine, 2026-11-30), so the pool stays.
+        // `FUNKREC_POOL_DATA=FILE cargo test -p funkrec-engine --lib pool_compare -- --ignored --nocapture`
         let counters: Vec<AtomicUsize> = strata.iter().map(|_| AtomicUsize::new(0)).collect();
         let barrier = Barrier::new(threads);
         let work = || {
@@ -258,5 +262,122 @@ mod tests {
         let schedule = grid.schedule(&mut ChaCha8Rng::seed_from_u64(1));
         let rates = rates_for(&small, 0);
         grid_epoch(&mut small, &grid, &schedule, &rates, 1);
+    }
+
+    /// Scoped threads (this module's `grid_epoch`, `epoch_stats_par`) against
+    /// rayon for the same work, alternating, medians of the runs; also checks
+    /// that both give bit-identical results. A measurement, not a check of speed:
+    /// `FUNKREC_POOL_DATA=FILE cargo test -p funkrec-engine --lib pool_compare -- --ignored --nocapture`
+    /// (default data: ../shared/data/ml-100k/u.data next to the repository).
+    #[test]
+    #[ignore = "a timing comparison; run by hand"]
+    fn pool_compare() {
+        use crate::params::Hyper;
+        use rayon::prelude::*;
+        use std::time::Instant;
+        let path = std::env::var("FUNKREC_POOL_DATA").unwrap_or_else(|_| {
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/data/ml-100k/u.data").into()
+        });
+        let runs: usize = std::env::var("FUNKREC_POOL_RUNS").map_or(7, |v| v.parse().unwrap());
+        let threads = 2;
+        let data = crate::io::read_dataset(path.as_ref(), None, Default::default()).unwrap();
+        let hyper = Hyper {
+            factors: 50,
+            threads,
+            ..Hyper::default()
+        };
+        let base = crate::train::init_model_from(&data.users, &data.items, &data.ratings, &hyper);
+        let mut ratings = data.ratings.clone();
+        let nb = grid_size(threads, ratings.len());
+        let grid = Grid::build(&mut ratings, data.n_users(), data.n_items(), 50, nb, 1, threads);
+        let rates = rates_for(&base, 0);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        let rayon_epoch = |model: &mut Model, schedule: &Schedule| -> f64 {
+            let m = Params::of(model);
+            let kernel = block_fn();
+            let block_sse: Vec<AtomicU64> = (0..nb * nb).map(|_| AtomicU64::new(0)).collect();
+            pool.install(|| {
+                for stratum in schedule.strata() {
+                    stratum.par_iter().for_each(|&b| {
+                        // SAFETY: as in `grid_epoch`: the model covers the grid's ids,
+                        // the stratum's blocks share no rows, and `for_each` returns
+                        // only when the whole stratum is done.
+                        let sse = unsafe { kernel(grid.block(b), m, &rates) };
+                        block_sse[b].store(sse.to_bits(), Ordering::Relaxed);
+                    });
+                }
+            });
+            block_sse
+                .iter()
+                .map(|x| f64::from_bits(x.load(Ordering::Relaxed)))
+                .sum()
+        };
+        let rayon_stats = |model: &Model, train: &[Rating]| -> f64 {
+            let chunk = train.len().div_ceil(threads);
+            let parts: Vec<f64> = pool.install(|| {
+                train
+                    .par_chunks(chunk)
+                    .map(|c| crate::train::sse_of(model, c))
+                    .collect()
+            });
+            parts.into_iter().sum()
+        };
+        let median = |mut xs: Vec<f64>| {
+            xs.sort_by(f64::total_cmp);
+            xs[xs.len() / 2]
+        };
+        let (mut scoped_sgd, mut rayon_sgd, mut scoped_st, mut rayon_st) =
+            (vec![], vec![], vec![], vec![]);
+        for run in 0..runs {
+            let schedule = grid.schedule(&mut ChaCha8Rng::seed_from_u64(run as u64));
+            let (mut a, mut b) = (base.clone(), base.clone());
+            let order = [run % 2 == 0, run % 2 == 1];
+            let (mut ea, mut eb) = (0.0, 0.0);
+            for scoped_first in order {
+                let t = Instant::now();
+                if scoped_first {
+                    ea = grid_epoch(&mut a, &grid, &schedule, &rates, threads);
+                    scoped_sgd.push(t.elapsed().as_secs_f64());
+                } else {
+                    eb = rayon_epoch(&mut b, &schedule);
+                    rayon_sgd.push(t.elapsed().as_secs_f64());
+                }
+            }
+            assert_eq!(ea.to_bits(), eb.to_bits());
+            assert_eq!(a.user_factors, b.user_factors);
+            let (mut sa, mut sb) = (0.0, 0.0);
+            for scoped_first in order {
+                let t = Instant::now();
+                if scoped_first {
+                    let st = crate::train::epoch_stats_par(&a, grid.ratings(), None, 1, threads);
+                    sa = st.train_rmse;
+                    scoped_st.push(t.elapsed().as_secs_f64());
+                } else {
+                    let sse = rayon_stats(&b, grid.ratings());
+                    sb = (sse / grid.ratings().len() as f64).sqrt();
+                    rayon_st.push(t.elapsed().as_secs_f64());
+                }
+            }
+            assert_eq!(sa.to_bits(), sb.to_bits());
+        }
+        let (s1, r1, s2, r2) = (
+            median(scoped_sgd),
+            median(rayon_sgd),
+            median(scoped_st),
+            median(rayon_st),
+        );
+        println!(
+            "{} ratings, {threads} threads, {runs} runs: SGD epoch scoped {:.1} ms, rayon {:.1} ms (rayon/scoped {:.3}); stats scoped {:.2} ms, rayon {:.2} ms (rayon/scoped {:.3})",
+            grid.ratings().len(),
+            s1 * 1e3,
+            r1 * 1e3,
+            r1 / s1,
+            s2 * 1e3,
+            r2 * 1e3,
+            r2 / s2
+        );
     }
 }
