@@ -254,10 +254,21 @@ mod tests {
     #[test]
     fn help_lists_the_possible_values() {
         let mut cmd = Cli::command();
-        let eval = cmd.find_subcommand_mut("eval").unwrap().render_help().to_string();
+        let eval = cmd
+            .find_subcommand_mut("eval")
+            .unwrap()
+            .render_help()
+            .to_string();
         assert!(eval.contains("possible values: sgd, gd, funk"), "{eval}");
         assert!(eval.contains("possible values: tab, dat, csv"), "{eval}");
-        let import = cmd.find_subcommand_mut("import").unwrap().render_help().to_string();
-        assert!(import.contains("possible values: tab, dat, csv"), "{import}");
+        let import = cmd
+            .find_subcommand_mut("import")
+            .unwrap()
+            .render_help()
+            .to_string();
+        assert!(
+            import.contains("possible values: tab, dat, csv"),
+            "{import}"
+        );
     }
 }

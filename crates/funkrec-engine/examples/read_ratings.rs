@@ -8,7 +8,10 @@ use std::time::Instant;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let path = PathBuf::from(args.next().ok_or("usage: read_ratings FILE [tab|dat|csv]")?);
+    let path = PathBuf::from(
+        args.next()
+            .ok_or("usage: read_ratings FILE [tab|dat|csv]")?,
+    );
     let format = match args.next().as_deref() {
         None => None,
         Some("tab") => Some(Format::Tab),

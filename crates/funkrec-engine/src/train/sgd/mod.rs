@@ -27,8 +27,8 @@ mod grid;
 mod kernel;
 
 pub use grid::{grid_size, Grid, Schedule};
-pub use kernel::{step, Rates};
 pub(crate) use kernel::{prefetch, PREFETCH};
+pub use kernel::{step, Rates};
 
 use crate::data::Rating;
 use crate::model::{EpochStats, Model};
@@ -276,7 +276,11 @@ mod tests {
         use rayon::prelude::*;
         use std::time::Instant;
         let path = std::env::var("FUNKREC_POOL_DATA").unwrap_or_else(|_| {
-            concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/data/ml-100k/u.data").into()
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../../shared/data/ml-100k/u.data"
+            )
+            .into()
         });
         let runs: usize = std::env::var("FUNKREC_POOL_RUNS").map_or(7, |v| v.parse().unwrap());
         let threads = 2;
@@ -289,7 +293,15 @@ mod tests {
         let base = crate::train::init_model_from(&data.users, &data.items, &data.ratings, &hyper);
         let mut ratings = data.ratings.clone();
         let nb = grid_size(threads, ratings.len());
-        let grid = Grid::build(&mut ratings, data.n_users(), data.n_items(), 50, nb, 1, threads);
+        let grid = Grid::build(
+            &mut ratings,
+            data.n_users(),
+            data.n_items(),
+            50,
+            nb,
+            1,
+            threads,
+        );
         let rates = rates_for(&base, 0);
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
