@@ -1,4 +1,5 @@
 //! funkrec: Funk-SVD matrix factorisation learned by gradient descent, served over HTTP.
+#![deny(unsafe_op_in_unsafe_fn)]
 pub mod auth;
 pub mod commands;
 pub mod config;

@@ -13,6 +13,7 @@
 //!   store.
 
 use crate::store::TrainingRows;
+use fixedbitset::FixedBitSet;
 use funkrec_engine::{IdMap, Model};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -242,28 +243,33 @@ pub fn rated_now(
     recent: &RecentWrites,
     user: &str,
     user_index: Option<u32>,
-) -> Option<Vec<u64>> {
-    let mut bits = vec![0u64; model.n_items().div_ceil(64)];
+) -> Option<FixedBitSet> {
+    let mut bits = FixedBitSet::with_capacity(model.n_items());
     for &i in index.items(user, user_index) {
-        bits[i as usize / 64] |= 1 << (i % 64);
+        bits.insert(i as usize);
     }
     let complete = recent.changes_since(user, since, |item, rated| {
         if let Some(i) = model.items.get(item) {
-            let (w, b) = (i as usize / 64, 1u64 << (i % 64));
-            if rated {
-                bits[w] |= b;
-            } else {
-                bits[w] &= !b;
-            }
+            bits.set(i as usize, rated);
         }
     });
     complete.then_some(bits)
 }
 
-/// Whether bit `i` is set.
-pub fn contains(bits: &[u64], i: u32) -> bool {
-    bits.get(i as usize / 64)
-        .is_some_and(|w| w & (1 << (i % 64)) != 0)
+/// The model's items among the external ids `items` (unknown ones skipped), as a bit set.
+pub fn item_set<S: AsRef<str>>(model: &Model, items: impl IntoIterator<Item = S>) -> FixedBitSet {
+    let mut bits = FixedBitSet::with_capacity(model.n_items());
+    for item in items {
+        if let Some(i) = model.items.get(item.as_ref()) {
+            bits.insert(i as usize);
+        }
+    }
+    bits
+}
+
+/// Whether item `i` is in the set (false past its end).
+pub fn contains(bits: &FixedBitSet, i: u32) -> bool {
+    bits.contains(i as usize)
 }
 
 #[cfg(test)]
@@ -298,6 +304,29 @@ mod tests {
         assert_eq!(idx.items("b", Some(0)), &[0, 1]);
         assert_eq!(idx.items("ghost", None), &[0]);
         assert_eq!(idx.items("nobody", None), &[] as &[u32]);
+    }
+
+    #[test]
+    fn rated_now_is_the_snapshot_index_plus_the_recent_writes() {
+        let rows = TrainingRows {
+            users: vec![(1, "a".into())],
+            items: vec![(10, "x".into()), (11, "y".into()), (12, "z".into())],
+            ratings: vec![(1, 10, 4.0), (1, 11, 3.0)],
+        };
+        let (users, items) = (ids(&["a"]), ids(&["x", "y", "z"]));
+        let model = Model::zeros(Default::default(), users.clone(), items.clone(), 3.0);
+        let idx = RatedIndex::build(&rows, &users, &items);
+        let recent = RecentWrites::new();
+        let since = recent.seq();
+        recent.record([("a", "z"), ("a", "unknown-item")], true);
+        recent.record([("a", "x")], false);
+        let bits = rated_now(&model, &idx, since, &recent, "a", Some(0)).unwrap();
+        let rated: Vec<u32> = (0..4).filter(|&i| contains(&bits, i)).collect();
+        assert_eq!(rated, [1, 2], "y from the index, z written, x deleted");
+        let from_store = item_set(&model, ["z", "gone", "y"]);
+        assert_eq!(from_store, bits, "the same set from the store's ids");
+        recent.prune(since + 1);
+        assert!(rated_now(&model, &idx, since, &recent, "a", Some(0)).is_none());
     }
 
     #[test]

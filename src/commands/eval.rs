@@ -23,8 +23,8 @@ pub struct EvalArgs {
     /// Test file of a predefined pair.
     #[arg(long)]
     pub test: Vec<PathBuf>,
-    /// tab, dat or csv (default: detected).
-    #[arg(long)]
+    /// File format (default: detected from the first line).
+    #[arg(long, ignore_case = true)]
     pub format: Option<Format>,
     #[command(flatten)]
     pub hyper: HyperArgs,

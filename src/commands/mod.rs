@@ -41,8 +41,8 @@ pub enum Command {
     /// Bulk-load a MovieLens/CSV ratings file into the configured store.
     Import {
         file: PathBuf,
-        /// tab, dat or csv (default: detected).
-        #[arg(long)]
+        /// File format (default: detected from the first line).
+        #[arg(long, ignore_case = true)]
         format: Option<Format>,
         #[arg(long)]
         config: Option<PathBuf>,
@@ -65,8 +65,8 @@ pub enum Command {
 /// Hyperparameters; anything not given keeps the shipped default.
 #[derive(Args, Debug, Clone, Default)]
 pub struct HyperArgs {
-    /// sgd (default), gd or funk
-    #[arg(long)]
+    /// Trainer (default: sgd).
+    #[arg(long, ignore_case = true)]
     pub trainer: Option<TrainerKind>,
     #[arg(long)]
     pub factors: Option<usize>,
@@ -205,5 +205,70 @@ pub fn main() -> Result<()> {
         Some(Command::Eval(a)) => eval::run(a),
         Some(Command::Train(a)) => train::run(a),
         Some(Command::Synth(a)) => synth::run(a),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+    use funkrec_engine::io::Format;
+
+    fn parse(args: &[&str]) -> std::result::Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("funkrec").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn format_and_trainer_accept_their_names_and_aliases_in_any_case() {
+        for (name, want) in [
+            ("tab", Format::Tab),
+            ("ML100K", Format::Tab),
+            ("udata", Format::Tab),
+            ("tsv", Format::Tab),
+            ("dat", Format::Dat),
+            ("ml1m", Format::Dat),
+            ("ml10m", Format::Dat),
+            ("CSV", Format::Csv),
+        ] {
+            let Some(Command::Import { format, .. }) =
+                parse(&["import", "f", "--format", name]).unwrap().command
+            else {
+                panic!("not an import");
+            };
+            assert_eq!(format, Some(want), "{name}");
+        }
+        let Some(Command::Eval(args)) = parse(&["eval", "--data", "f", "--trainer", "FUNK"])
+            .unwrap()
+            .command
+        else {
+            panic!("not an eval");
+        };
+        assert_eq!(args.hyper.trainer, Some(TrainerKind::Funk));
+        let err = parse(&["eval", "--data", "f", "--trainer", "als"]).unwrap_err();
+        assert!(
+            err.to_string().contains("possible values: sgd, gd, funk"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn help_lists_the_possible_values() {
+        let mut cmd = Cli::command();
+        let eval = cmd
+            .find_subcommand_mut("eval")
+            .unwrap()
+            .render_help()
+            .to_string();
+        assert!(eval.contains("possible values: sgd, gd, funk"), "{eval}");
+        assert!(eval.contains("possible values: tab, dat, csv"), "{eval}");
+        let import = cmd
+            .find_subcommand_mut("import")
+            .unwrap()
+            .render_help()
+            .to_string();
+        assert!(
+            import.contains("possible values: tab, dat, csv"),
+            "{import}"
+        );
     }
 }

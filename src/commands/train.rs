@@ -13,7 +13,8 @@ pub struct TrainArgs {
     pub data: PathBuf,
     #[arg(long)]
     pub out: PathBuf,
-    #[arg(long)]
+    /// File format (default: detected from the first line).
+    #[arg(long, ignore_case = true)]
     pub format: Option<Format>,
     #[command(flatten)]
     pub hyper: HyperArgs,

@@ -161,15 +161,7 @@ pub async fn recommendations(
                 .and_then(|r| rated::rated_now(m, &r.index, r.since, &st.recent, user.as_str(), u));
             let seen = match from_memory {
                 Some(bits) => bits,
-                None => {
-                    let mut bits = vec![0u64; m.n_items().div_ceil(64)];
-                    for i in st.store.rated_items(&user).await? {
-                        if let Some(i) = m.items.get(&i) {
-                            bits[i as usize / 64] |= 1 << (i % 64);
-                        }
-                    }
-                    bits
-                }
+                None => rated::item_set(m, st.store.rated_items(&user).await?),
             };
             let seen = |i| rated::contains(&seen, i);
             let (fallback, list) = match u {

@@ -9,77 +9,59 @@
 //! test RMSE (both models' predictions clamped to 1..5, as funkrec evaluates)
 //! for every run, the medians, and the funkrec/LIBMF ratios.
 
+use clap::{Parser, ValueEnum};
 use funkrec_engine::io::{read_against, read_dataset};
 use funkrec_engine::{eval, train, EpochStats, Hyper, Rating, Scale};
 use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::time::Instant;
 
+/// funkrec SGD vs LIBMF on the same data, alternating runs.
+#[derive(Parser, Debug)]
 struct Args {
+    /// Training ratings file (any format funkrec reads).
+    #[arg(long)]
     train: PathBuf,
+    /// Test ratings file.
+    #[arg(long)]
     test: PathBuf,
+    #[arg(long, default_value_t = 100)]
     factors: usize,
+    #[arg(long, default_value_t = 20)]
     epochs: usize,
+    #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// Runs of each library (medians are reported).
+    #[arg(long, default_value_t = 3)]
     runs: usize,
+    /// funkrec learning rate for factors and biases (default: funkrec's).
+    #[arg(long)]
     lr: Option<f32>,
+    /// funkrec regularisation (default: funkrec's).
+    #[arg(long)]
     reg: Option<f32>,
+    #[arg(long)]
     lr_decay: Option<f32>,
+    #[arg(long)]
     init_std: Option<f32>,
+    /// LIBMF learning rate.
+    #[arg(long, default_value_t = 0.1)]
     libmf_eta: f32,
+    /// LIBMF L2 penalty on P and Q.
+    #[arg(long, default_value_t = 0.05)]
     libmf_lambda: f32,
+    /// LIBMF bins (0: max(2·threads + 1, 20)).
+    #[arg(long, default_value_t = 0)]
     libmf_bins: i32,
-    only: Option<String>,
+    /// Run only one of the two.
+    #[arg(long)]
+    only: Option<Only>,
 }
 
-fn parse() -> Args {
-    let mut a = Args {
-        train: PathBuf::new(),
-        test: PathBuf::new(),
-        factors: 100,
-        epochs: 20,
-        threads: 1,
-        runs: 3,
-        lr: None,
-        reg: None,
-        lr_decay: None,
-        init_std: None,
-        libmf_eta: 0.1,
-        libmf_lambda: 0.05,
-        libmf_bins: 0,
-        only: None,
-    };
-    let argv: Vec<String> = std::env::args().skip(1).collect();
-    let mut it = argv.iter();
-    while let Some(flag) = it.next() {
-        let mut val = || {
-            it.next()
-                .cloned()
-                .unwrap_or_else(|| panic!("{flag} needs a value"))
-        };
-        match flag.as_str() {
-            "--train" => a.train = val().into(),
-            "--test" => a.test = val().into(),
-            "--factors" => a.factors = val().parse().expect("--factors"),
-            "--epochs" => a.epochs = val().parse().expect("--epochs"),
-            "--threads" => a.threads = val().parse().expect("--threads"),
-            "--runs" => a.runs = val().parse().expect("--runs"),
-            "--lr" => a.lr = Some(val().parse().expect("--lr")),
-            "--reg" => a.reg = Some(val().parse().expect("--reg")),
-            "--lr-decay" => a.lr_decay = Some(val().parse().expect("--lr-decay")),
-            "--init-std" => a.init_std = Some(val().parse().expect("--init-std")),
-            "--libmf-eta" => a.libmf_eta = val().parse().expect("--libmf-eta"),
-            "--libmf-lambda" => a.libmf_lambda = val().parse().expect("--libmf-lambda"),
-            "--libmf-bins" => a.libmf_bins = val().parse().expect("--libmf-bins"),
-            "--only" => a.only = Some(val()),
-            other => panic!("unknown flag {other}"),
-        }
-    }
-    assert!(
-        !a.train.as_os_str().is_empty() && !a.test.as_os_str().is_empty(),
-        "--train FILE --test FILE are required"
-    );
-    a
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Only {
+    Funkrec,
+    Libmf,
 }
 
 struct Run {
@@ -109,7 +91,7 @@ fn rss_kb() -> u64 {
 }
 
 fn main() {
-    let a = parse();
+    let a = Args::parse();
     let scale = Scale { min: 1.0, max: 5.0 };
     let t = Instant::now();
     let data = read_dataset(&a.train, None, scale).expect("reading --train");
@@ -148,8 +130,8 @@ fn main() {
         (2 * a.threads as i32 + 1).max(20)
     };
     let updates = (data.len() * a.epochs) as f64;
-    let run_libmf = a.only.as_deref() != Some("funkrec");
-    let run_ours = a.only.as_deref() != Some("libmf");
+    let run_libmf = a.only != Some(Only::Funkrec);
+    let run_ours = a.only != Some(Only::Libmf);
     let (mut ours, mut theirs) = (Vec::new(), Vec::new());
     for run in 0..a.runs {
         if run_libmf {

@@ -3,33 +3,22 @@
 use crate::data::Dataset;
 use crate::error::EngineError;
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Cursor, Read};
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
-/// The on-disk layout of a ratings file.
+/// The on-disk layout of a ratings file. On the command line (feature `cli`)
+/// also `ml100k`, `tsv`, `udata` for `tab` and `ml1m`, `ml10m` for `dat`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum Format {
     /// `user<TAB>item<TAB>rating<TAB>timestamp` (MovieLens 100K `u.data`).
+    #[cfg_attr(feature = "cli", value(aliases = ["ml100k", "tsv", "udata"]))]
     Tab,
     /// `user::item::rating::timestamp` (MovieLens 1M/10M `ratings.dat`).
+    #[cfg_attr(feature = "cli", value(aliases = ["ml1m", "ml10m"]))]
     Dat,
     /// `userId,movieId,rating,timestamp` with a header line (MovieLens "latest").
     Csv,
-}
-
-impl FromStr for Format {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s.to_ascii_lowercase().as_str() {
-            "tab" | "ml100k" | "tsv" | "udata" => Ok(Format::Tab),
-            "dat" | "ml1m" | "ml10m" => Ok(Format::Dat),
-            "csv" => Ok(Format::Csv),
-            other => Err(format!(
-                "unknown format {other:?} (expected tab, dat or csv)"
-            )),
-        }
-    }
 }
 
 impl Format {
@@ -43,14 +32,6 @@ impl Format {
             Some(Format::Csv)
         } else {
             None
-        }
-    }
-
-    fn split(self, line: &str) -> Vec<&str> {
-        match self {
-            Format::Tab => line.split('\t').collect(),
-            Format::Dat => line.split("::").collect(),
-            Format::Csv => line.split(',').collect(),
         }
     }
 }
@@ -73,13 +54,21 @@ pub struct Row<'a> {
     pub timestamp: Option<i64>,
 }
 
-/// Parses one data line (no line ending) in `format`.
-pub fn parse_line(format: Format, line: &str) -> Result<Row<'_>, String> {
-    let fields = format.split(line);
-    if fields.len() < 3 || fields.len() > 4 {
+const NOT_UTF8: &str = "line is not valid UTF-8";
+
+/// Parses the fields of one row: user, item, rating and an optional timestamp.
+fn parse_fields<'a>(fields: impl Iterator<Item = &'a str>) -> Result<Row<'a>, String> {
+    let mut f = [""; 4];
+    let mut n = 0;
+    for field in fields {
+        if let Some(slot) = f.get_mut(n) {
+            *slot = field;
+        }
+        n += 1;
+    }
+    if !(3..=4).contains(&n) {
         return Err(format!(
-            "expected 3 or 4 fields (user, item, rating[, timestamp]), found {}",
-            fields.len()
+            "expected 3 or 4 fields (user, item, rating[, timestamp]), found {n}"
         ));
     }
     let id = |name: &str, s: &'_ str| -> Result<(), String> {
@@ -91,17 +80,17 @@ pub fn parse_line(format: Format, line: &str) -> Result<Row<'_>, String> {
             Ok(())
         }
     };
-    let (user, item) = (fields[0].trim(), fields[1].trim());
+    let (user, item) = (f[0].trim(), f[1].trim());
     id("user", user)?;
     id("item", item)?;
-    let value: f32 = fields[2]
+    let value: f32 = f[2]
         .trim()
         .parse()
-        .map_err(|_| format!("rating {:?} is not a number", fields[2]))?;
+        .map_err(|_| format!("rating {:?} is not a number", f[2]))?;
     if !value.is_finite() {
-        return Err(format!("rating {:?} is not finite", fields[2]));
+        return Err(format!("rating {:?} is not finite", f[2]));
     }
-    let timestamp = match fields.get(3).map(|t| t.trim()) {
+    let timestamp = match (n == 4).then(|| f[3].trim()) {
         None | Some("") => None,
         Some(t) => Some(
             t.parse::<i64>()
@@ -116,16 +105,56 @@ pub fn parse_line(format: Format, line: &str) -> Result<Row<'_>, String> {
     })
 }
 
-/// Reads a ratings file line by line (one reused buffer, never the whole file).
+/// Parses one line of a tab or `::` file (no line ending).
+fn parse_line(format: Format, text: &str) -> Result<Row<'_>, String> {
+    match format {
+        Format::Dat => parse_fields(text.split("::")),
+        Format::Tab | Format::Csv => parse_fields(text.split('\t')),
+    }
+}
+
+/// Parses one CSV record: its bytes must be UTF-8.
+fn parse_record(record: &csv::ByteRecord) -> Result<Row<'_>, String> {
+    let text = std::str::from_utf8(record.as_slice()).map_err(|_| NOT_UTF8.to_owned())?;
+    // Field boundaries sit next to ASCII delimiters, so they are char boundaries.
+    parse_fields((0..record.len()).filter_map(|j| record.range(j).map(|r| &text[r])))
+}
+
+type Input = BufReader<CountingReader<Box<dyn Read + Send>>>;
+
+/// Reads a ratings file row by row (one reused buffer, never the whole file):
+/// tab and `::` files line by line, CSV through the `csv` crate (comma-separated,
+/// optional double quotes with `""` for a quote inside them, CRLF or LF line ends).
 pub struct RatingsReader {
     path: PathBuf,
-    input: BufReader<CountingReader<Box<dyn Read + Send>>>,
     format: Format,
+    /// Line of the row handed out last (1-based, counting every physical line).
     line_no: u64,
-    buf: Vec<u8>,
     total: u64,
-    pending: Option<Vec<u8>>,
     done: bool,
+    source: Source,
+}
+
+enum Source {
+    /// Tab and `::` files: one line at a time; `pending` when `buf` holds the
+    /// first data line, not yet handed out.
+    Lines {
+        input: Input,
+        buf: Vec<u8>,
+        pending: bool,
+    },
+    Csv(Box<CsvSource>),
+}
+
+/// CSV: the first non-empty line (read again from memory), then the rest of the input.
+struct CsvSource {
+    reader: csv::Reader<std::io::Chain<Cursor<Vec<u8>>, Input>>,
+    record: csv::ByteRecord,
+    /// `record` holds the first data row, not yet handed out.
+    pending: bool,
+    /// Bytes and lines before the first non-empty line (not seen by `reader`).
+    skipped_bytes: u64,
+    skipped_lines: u64,
 }
 
 struct CountingReader<R> {
@@ -151,6 +180,31 @@ fn trim_eol(mut b: &[u8]) -> &[u8] {
     b
 }
 
+fn parse_error(path: &Path, line: u64, message: impl Into<String>) -> EngineError {
+    EngineError::Parse {
+        path: path.to_owned(),
+        line,
+        message: message.into(),
+    }
+}
+
+fn csv_error(path: &Path, line: u64, e: csv::Error) -> EngineError {
+    let message = e.to_string();
+    match e.into_kind() {
+        csv::ErrorKind::Io(e) => EngineError::io(path, e),
+        _ => parse_error(path, line, message),
+    }
+}
+
+/// Reads one line into `buf` (cleared first); false at the end of the input.
+fn read_line(input: &mut Input, buf: &mut Vec<u8>, path: &Path) -> Result<bool, EngineError> {
+    buf.clear();
+    let n = input
+        .read_until(b'\n', buf)
+        .map_err(|e| EngineError::io(path, e))?;
+    Ok(n > 0)
+}
+
 impl RatingsReader {
     /// Opens `path`; the format is detected from the first non-empty line unless given.
     pub fn open(path: &Path, format: Option<Format>) -> Result<Self, EngineError> {
@@ -166,46 +220,97 @@ impl RatingsReader {
         total: u64,
         format: Option<Format>,
     ) -> Result<Self, EngineError> {
-        let mut r = RatingsReader {
-            path: name.to_owned(),
-            input: BufReader::with_capacity(
-                (total as usize).clamp(8 << 10, 1 << 20),
-                CountingReader {
-                    inner: input,
-                    count: 0,
-                },
-            ),
-            format: format.unwrap_or(Format::Tab),
-            line_no: 0,
-            buf: Vec::with_capacity(256),
-            total,
-            pending: None,
-            done: false,
-        };
-        // Look at the first non-empty line: detect the format, skip a header.
-        loop {
-            if !r.next_line()? {
-                r.done = true;
-                return Ok(r);
-            }
-            let line = trim_eol(&r.buf);
+        let mut input: Input = BufReader::with_capacity(
+            (total as usize).clamp(8 << 10, 1 << 20),
+            CountingReader {
+                inner: input,
+                count: 0,
+            },
+        );
+        // Find the first non-empty line: it fixes the format (unless given).
+        let mut buf = Vec::with_capacity(256);
+        let (mut lines, mut skipped_bytes) = (0u64, 0u64);
+        let mut detected = None;
+        while read_line(&mut input, &mut buf, name)? {
+            lines += 1;
+            let line = trim_eol(&buf);
             if line.iter().all(u8::is_ascii_whitespace) {
+                skipped_bytes += buf.len() as u64;
                 continue;
             }
-            let text = std::str::from_utf8(line).map_err(|_| r.err("line is not valid UTF-8"))?;
+            let text = std::str::from_utf8(line).map_err(|_| parse_error(name, lines, NOT_UTF8))?;
             let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-            let fmt = match format {
+            detected = Some(match format {
                 Some(f) => f,
                 None => Format::detect(text).ok_or_else(|| {
-                    r.err("cannot detect the format (no tab, '::' or ','); use --format")
+                    parse_error(
+                        name,
+                        lines,
+                        "cannot detect the format (no tab, '::' or ','); use --format",
+                    )
                 })?,
-            };
-            r.format = fmt;
-            let is_header = fmt == Format::Csv && parse_line(fmt, text).is_err();
-            if !is_header {
-                r.pending = Some(r.buf.clone());
+            });
+            break;
+        }
+        let mut reader = RatingsReader {
+            path: name.to_owned(),
+            format: detected.or(format).unwrap_or(Format::Tab),
+            line_no: lines,
+            total,
+            done: detected.is_none(),
+            source: Source::Lines {
+                input,
+                buf,
+                pending: detected.is_some(),
+            },
+        };
+        if detected == Some(Format::Csv) {
+            reader.start_csv(skipped_bytes, lines - 1)?;
+        }
+        Ok(reader)
+    }
+
+    /// Hands the line source over to the CSV reader (the first line, without a
+    /// byte-order mark, then the rest) and skips a header: a first record that
+    /// does not parse as a row.
+    fn start_csv(&mut self, mut skipped_bytes: u64, skipped_lines: u64) -> Result<(), EngineError> {
+        let placeholder = Source::Lines {
+            input: BufReader::new(CountingReader {
+                inner: Box::new(std::io::empty()),
+                count: 0,
+            }),
+            buf: Vec::new(),
+            pending: false,
+        };
+        let Source::Lines { input, mut buf, .. } = std::mem::replace(&mut self.source, placeholder)
+        else {
+            unreachable!("the reader starts on lines");
+        };
+        const BOM: &[u8] = "\u{feff}".as_bytes();
+        if buf.starts_with(BOM) {
+            buf.drain(..BOM.len());
+            skipped_bytes += BOM.len() as u64;
+        }
+        self.source = Source::Csv(Box::new(CsvSource {
+            reader: csv::ReaderBuilder::new()
+                .has_headers(false)
+                .flexible(true)
+                .buffer_capacity(64 << 10)
+                .from_reader(Cursor::new(buf).chain(input)),
+            record: csv::ByteRecord::new(),
+            pending: false,
+            skipped_bytes,
+            skipped_lines,
+        }));
+        match self.next_row(|_| Ok(())) {
+            Ok(Some(())) => {
+                if let Source::Csv(s) = &mut self.source {
+                    s.pending = true;
+                }
+                Ok(())
             }
-            return Ok(r);
+            Ok(None) | Err(EngineError::Parse { .. }) => Ok(()),
+            Err(e) => Err(e),
         }
     }
 
@@ -215,7 +320,10 @@ impl RatingsReader {
 
     /// Bytes consumed so far (for progress bars).
     pub fn bytes_read(&self) -> u64 {
-        self.input.get_ref().count - self.input.buffer().len() as u64
+        match &self.source {
+            Source::Lines { input, .. } => input.get_ref().count - input.buffer().len() as u64,
+            Source::Csv(s) => s.skipped_bytes + s.reader.position().byte(),
+        }
     }
 
     /// File size at open time.
@@ -223,58 +331,69 @@ impl RatingsReader {
         self.total
     }
 
-    fn err(&self, message: impl Into<String>) -> EngineError {
-        EngineError::Parse {
-            path: self.path.clone(),
-            line: self.line_no,
-            message: message.into(),
+    /// Parses the next data row and hands it to `f`; `Ok(None)` at the end.
+    /// Blank lines are skipped; an error names the file and line.
+    fn next_row<T>(
+        &mut self,
+        f: impl FnOnce(Row<'_>) -> Result<T, EngineError>,
+    ) -> Result<Option<T>, EngineError> {
+        let path = &self.path;
+        while !self.done {
+            let row = match &mut self.source {
+                Source::Lines {
+                    input,
+                    buf,
+                    pending,
+                } => {
+                    if std::mem::take(pending) {
+                        // The first line, read when the reader was opened.
+                    } else if read_line(input, buf, path)? {
+                        self.line_no += 1;
+                    } else {
+                        self.done = true;
+                        continue;
+                    }
+                    let line = trim_eol(buf);
+                    if line.iter().all(u8::is_ascii_whitespace) {
+                        continue;
+                    }
+                    std::str::from_utf8(line)
+                        .map_err(|_| NOT_UTF8.to_owned())
+                        .and_then(|text| parse_line(self.format, text))
+                }
+                Source::Csv(s) => {
+                    if !std::mem::take(&mut s.pending)
+                        && !s
+                            .reader
+                            .read_byte_record(&mut s.record)
+                            .map_err(|e| csv_error(path, self.line_no, e))?
+                    {
+                        self.done = true;
+                        continue;
+                    }
+                    let rec = &s.record;
+                    self.line_no = s.skipped_lines + rec.position().map_or(0, |p| p.line());
+                    if rec.len() == 1 && rec[0].iter().all(u8::is_ascii_whitespace) {
+                        continue;
+                    }
+                    parse_record(rec)
+                }
+            };
+            return match row {
+                Ok(row) => f(row).map(Some),
+                Err(m) => Err(parse_error(path, self.line_no, m)),
+            };
         }
+        Ok(None)
     }
 
-    fn next_line(&mut self) -> Result<bool, EngineError> {
-        self.buf.clear();
-        let n = self
-            .input
-            .read_until(b'\n', &mut self.buf)
-            .map_err(|e| EngineError::io(&self.path, e))?;
-        if n > 0 {
-            self.line_no += 1;
-        }
-        Ok(n > 0)
-    }
-
-    /// Calls `f` for every row, borrowing ids from the line buffer (no allocation per row).
+    /// Calls `f` for every row, borrowing ids from the reader's buffer (no allocation per row).
     pub fn for_each_row(
         &mut self,
         mut f: impl FnMut(Row<'_>) -> Result<(), EngineError>,
     ) -> Result<(), EngineError> {
-        if let Some(first) = self.pending.take() {
-            self.buf = first;
-            self.handle_line(&mut f)?;
-        }
-        while !self.done {
-            if !self.next_line()? {
-                self.done = true;
-                break;
-            }
-            self.handle_line(&mut f)?;
-        }
+        while self.next_row(&mut f)?.is_some() {}
         Ok(())
-    }
-
-    fn handle_line(
-        &mut self,
-        f: &mut impl FnMut(Row<'_>) -> Result<(), EngineError>,
-    ) -> Result<(), EngineError> {
-        let line = trim_eol(&self.buf);
-        if line.iter().all(u8::is_ascii_whitespace) {
-            return Ok(());
-        }
-        let text = std::str::from_utf8(line).map_err(|_| self.err("line is not valid UTF-8"))?;
-        match parse_line(self.format, text) {
-            Ok(row) => f(row),
-            Err(m) => Err(self.err(m)),
-        }
     }
 
     /// Reads everything into a [`Dataset`], checking each rating against `accept`.
@@ -313,42 +432,19 @@ impl Iterator for RatingsReader {
     type Item = Result<RawRating, EngineError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        loop {
-            if let Some(first) = self.pending.take() {
-                self.buf = first;
-            } else {
-                if self.done {
-                    return None;
-                }
-                match self.next_line() {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        self.done = true;
-                        return None;
-                    }
-                    Err(e) => {
-                        self.done = true;
-                        return Some(Err(e));
-                    }
-                }
-            }
-            let mut out = None;
-            let res = self.handle_line(&mut |row: Row<'_>| {
-                out = Some(RawRating {
-                    user: row.user.to_owned(),
-                    item: row.item.to_owned(),
-                    value: row.value,
-                    timestamp: row.timestamp,
-                });
-                Ok(())
-            });
-            match (res, out) {
-                (Err(e), _) => {
-                    self.done = true;
-                    return Some(Err(e));
-                }
-                (Ok(()), Some(r)) => return Some(Ok(r)),
-                (Ok(()), None) => continue, // blank line
+        let row = self.next_row(|row| {
+            Ok(RawRating {
+                user: row.user.to_owned(),
+                item: row.item.to_owned(),
+                value: row.value,
+                timestamp: row.timestamp,
+            })
+        });
+        match row {
+            Ok(row) => row.map(Ok),
+            Err(e) => {
+                self.done = true;
+                Some(Err(e))
             }
         }
     }
@@ -476,6 +572,41 @@ mod tests {
     }
 
     #[test]
+    fn csv_reads_quoted_fields() {
+        let text = b"\r\nuserId,movieId,rating,timestamp\r\n\
+\"u,1\",\"item, with comma\",4.5,881250949\r\n\
+\"say \"\"hi\"\"\",plain,3,\r\n\
+\r\n\
+u2,\"x\",1\r\n";
+        let f = file(text);
+        let mut reader = RatingsReader::open(f.path(), None).unwrap();
+        assert_eq!(reader.format(), Format::Csv);
+        let rows: Vec<RawRating> = reader.by_ref().collect::<Result<_, _>>().unwrap();
+        assert_eq!(reader.bytes_read(), text.len() as u64);
+        assert_eq!(reader.total_bytes(), text.len() as u64);
+        assert_eq!(rows.len(), 3);
+        assert_eq!(
+            (rows[0].user.as_str(), rows[0].item.as_str()),
+            ("u,1", "item, with comma")
+        );
+        assert_eq!((rows[0].value, rows[0].timestamp), (4.5, Some(881250949)));
+        assert_eq!(rows[1].user, "say \"hi\"");
+        assert_eq!((rows[1].item.as_str(), rows[1].timestamp), ("plain", None));
+        assert_eq!((rows[2].user.as_str(), rows[2].item.as_str()), ("u2", "x"));
+    }
+
+    #[test]
+    fn csv_errors_name_the_physical_line() {
+        let f = file(b"\nuserId,movieId,rating\n\"a,b\",1,2\n\"c\",\"d, e\",x\n");
+        let err = RatingsReader::open(f.path(), None)
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains(":4: rating \"x\" is not a number"), "{msg}");
+    }
+
+    #[test]
     fn format_can_be_forced() {
         assert!(read_all(b"1,2,3\n", Some(Format::Tab)).is_err());
         assert_eq!(read_all(b"1,2,3\n", Some(Format::Csv)).unwrap().len(), 1);
@@ -523,6 +654,25 @@ mod tests {
                         prop_assert_eq!(g.value, *half as f32 / 2.0);
                         prop_assert_eq!(g.timestamp, *ts);
                     }
+                }
+            }
+
+            /// CSV ids with commas and quotes, written quoted (`""` for a quote), read back exactly.
+            #[test]
+            fn quoted_csv_ids_read_back(rows in proptest::collection::vec(("[A-Za-z0-9_,\"é.-]{1,12}", "[A-Za-z0-9_,\"é.-]{1,12}", 1u8..=10), 1..20),
+                                        crlf in any::<bool>()) {
+                let eol = if crlf { "\r\n" } else { "\n" };
+                let quote = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+                let mut text = format!("userId,movieId,rating{eol}");
+                for (u, i, half) in &rows {
+                    text.push_str(&format!("{},{},{}{eol}", quote(u), quote(i), *half as f32 / 2.0));
+                }
+                let got = read_all(text.as_bytes(), None).unwrap();
+                prop_assert_eq!(got.len(), rows.len());
+                for (g, (u, i, half)) in got.iter().zip(&rows) {
+                    prop_assert_eq!(&g.user, u);
+                    prop_assert_eq!(&g.item, i);
+                    prop_assert_eq!(g.value, *half as f32 / 2.0);
                 }
             }
         }

@@ -1,4 +1,5 @@
 //! The recommendation engine: data, model, trainers and evaluation (no web, no database).
+#![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod data;
 pub mod error;

@@ -132,6 +132,36 @@ pub(crate) fn dot_k<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
     s + ((h[0] + h[4]) + (h[1] + h[5])) + ((h[2] + h[6]) + (h[3] + h[7]))
 }
 
+/// μ + b_u + b_i + p·q from its parts, unclamped; an unknown side's bias is
+/// `None`, and so is the interaction unless both sides are known.
+#[inline(always)]
+pub(crate) fn raw_from_parts(mu: f32, bu: Option<f32>, bi: Option<f32>, pq: Option<f32>) -> f32 {
+    let mut r = mu;
+    if let Some(b) = bu {
+        r += b;
+    }
+    if let Some(b) = bi {
+        r += b;
+    }
+    if let Some(x) = pq {
+        r += x;
+    }
+    r
+}
+
+/// A raw prediction clamped to the rating scale. Plain Funk (no μ, no biases)
+/// has nothing to say about an unknown side (`known` false): it falls back to
+/// the middle of the scale.
+#[inline(always)]
+pub(crate) fn clamp_prediction(hyper: &Hyper, raw: f32, known: bool) -> f32 {
+    let r = if !hyper.biased && !known {
+        (hyper.scale.min + hyper.scale.max) / 2.0
+    } else {
+        raw
+    };
+    hyper.scale.clamp(r)
+}
+
 /// Whether this CPU runs the AVX2+FMA kernels (checked once, then cached by std).
 #[cfg(target_arch = "x86_64")]
 #[inline]
@@ -197,6 +227,10 @@ fn scan_items<const FMA: bool>(
     }
 }
 
+/// [`scan_items`] compiled with AVX2 and FMA.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn scan_items_avx2(
@@ -222,6 +256,10 @@ fn item_dot<const FMA: bool>(p: &[f32], q: &[f32], i: usize, n: usize) -> f32 {
     }
 }
 
+/// [`item_dot`] compiled with AVX2 and FMA.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn item_dot_avx2(p: &[f32], q: &[f32], i: usize, n: usize) -> f32 {
@@ -233,7 +271,7 @@ pub(crate) fn scan_score(p: &[f32], q: &[f32], bias: &[f32], i: usize) -> f32 {
     let n = bias.len().min(q.len() / p.len().max(1));
     #[cfg(target_arch = "x86_64")]
     if has_avx2_fma() {
-        // SAFETY: the CPU has the features the function is compiled for.
+        // SAFETY: `has_avx2_fma` just confirmed the CPU has AVX2 and FMA.
         return bias[i] + unsafe { item_dot_avx2(p, q, i, n) };
     }
     bias[i] + item_dot::<false>(p, q, i, n)
@@ -354,17 +392,20 @@ impl Model {
     /// Unclamped prediction by dense index; an unknown side (None) drops its terms.
     #[inline]
     pub fn raw_predict(&self, user: Option<u32>, item: Option<u32>) -> f32 {
-        let mut r = self.global_mean;
-        if let Some(u) = user {
-            r += self.user_bias[u as usize];
-        }
-        if let Some(i) = item {
-            r += self.item_bias[i as usize];
-        }
-        if let (Some(u), Some(i)) = (user, item) {
-            r += dot(self.user_row(u), self.item_row(i));
-        }
-        r
+        raw_from_parts(
+            self.global_mean,
+            user.map(|u| self.user_bias[u as usize]),
+            item.map(|i| self.item_bias[i as usize]),
+            user.zip(item)
+                .map(|(u, i)| dot(self.user_row(u), self.item_row(i))),
+        )
+    }
+
+    /// The clamped prediction for dense indices, `None` for an unknown side.
+    #[inline]
+    fn predict_known(&self, user: Option<u32>, item: Option<u32>) -> f32 {
+        let known = user.is_some() && item.is_some();
+        clamp_prediction(&self.hyper, self.raw_predict(user, item), known)
     }
 
     /// Prediction by dense index, clamped to the rating scale.
@@ -379,13 +420,8 @@ impl Model {
     pub fn predict(&self, user: &str, item: &str) -> Prediction {
         let u = self.users.get(user);
         let i = self.items.get(item);
-        let mut rating = self.raw_predict(u, i);
-        if !self.hyper.biased && (u.is_none() || i.is_none()) {
-            // Plain Funk has no μ: fall back to the mid-scale value.
-            rating = (self.hyper.scale.min + self.hyper.scale.max) / 2.0;
-        }
         Prediction {
-            rating: self.hyper.scale.clamp(rating),
+            rating: self.predict_known(u, i),
             known_user: u.is_some(),
             known_item: i.is_some(),
         }
@@ -404,11 +440,7 @@ impl Model {
     pub fn predict_for(&self, user: u32, item: u32) -> f32 {
         let u = ((user as usize) < self.n_users()).then_some(user);
         let i = ((item as usize) < self.n_items()).then_some(item);
-        let mut r = self.raw_predict(u, i);
-        if !self.hyper.biased && (u.is_none() || i.is_none()) {
-            r = (self.hyper.scale.min + self.hyper.scale.max) / 2.0;
-        }
-        self.hyper.scale.clamp(r)
+        self.predict_known(u, i)
     }
 
     /// The `n` items with the highest predicted rating for user `u`, skipping
@@ -428,7 +460,7 @@ impl Model {
         } else {
             #[cfg(target_arch = "x86_64")]
             if has_avx2_fma() {
-                // SAFETY: the CPU has the features the function is compiled for.
+                // SAFETY: `has_avx2_fma` just confirmed the CPU has AVX2 and FMA.
                 unsafe { scan_items_avx2(p, q, bias, &exclude, &mut top) };
             } else {
                 scan_items::<false>(p, q, bias, &exclude, &mut top);

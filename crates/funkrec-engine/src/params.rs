@@ -2,11 +2,11 @@
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
-use std::str::FromStr;
 
 /// Which optimiser learns the factors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum TrainerKind {
     /// Stochastic gradient descent, one update per rating (default).
@@ -31,20 +31,6 @@ impl TrainerKind {
 impl fmt::Display for TrainerKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for TrainerKind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s.to_ascii_lowercase().as_str() {
-            "sgd" => Ok(TrainerKind::Sgd),
-            "gd" => Ok(TrainerKind::Gd),
-            "funk" => Ok(TrainerKind::Funk),
-            other => Err(format!(
-                "unknown trainer {other:?} (expected sgd, gd or funk)"
-            )),
-        }
     }
 }
 

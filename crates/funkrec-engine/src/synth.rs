@@ -18,6 +18,7 @@
 //!   1-based, grouped by user. With a holdout fraction, each rating goes to the
 //!   holdout writer instead with that probability.
 
+use fixedbitset::FixedBitSet;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal, WeightedAliasIndex};
@@ -152,7 +153,8 @@ pub fn write_synthetic<W: Write, H: Write>(
     let cap = (spec.items / 2).max(1);
     let counts = activity(&mut rng, nu, spec.ratings, cap);
 
-    let mut seen = vec![0u64; ni.div_ceil(64)];
+    // Items already drawn for the current user (cleared after each user).
+    let mut seen = FixedBitSet::with_capacity(ni);
     let mut chosen: Vec<u32> = Vec::new();
     let mut keyed: Vec<(f64, u32)> = Vec::new();
     let mut line = Vec::with_capacity(64);
@@ -164,14 +166,12 @@ pub fn write_synthetic<W: Write, H: Write>(
         if n as usize * 8 <= ni {
             while chosen.len() < n as usize {
                 let i = alias.sample(&mut rng);
-                let (w, b) = (i / 64, 1u64 << (i % 64));
-                if seen[w] & b == 0 {
-                    seen[w] |= b;
+                if !seen.put(i) {
                     chosen.push(i as u32);
                 }
             }
             for &i in &chosen {
-                seen[i as usize / 64] = 0;
+                seen.set(i as usize, false);
             }
         } else {
             // Efraimidis–Spirakis: the n largest ln(U)/w_i are a weighted sample

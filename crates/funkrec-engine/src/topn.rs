@@ -244,7 +244,7 @@ impl ItemIndex {
     ) {
         #[cfg(target_arch = "x86_64")]
         if simd && crate::model::has_avx2_fma() {
-            // SAFETY: the CPU has the features the function is compiled for.
+            // SAFETY: `has_avx2_fma` just confirmed the CPU has AVX2 and FMA.
             unsafe { pass1_avx2(self, query, exclude, lower, cands) };
             return;
         }
@@ -315,6 +315,10 @@ fn pass1_portable(
     }
 }
 
+/// Pass 1 with AVX2: eight item scores per block in one register.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn pass1_avx2(
@@ -336,10 +340,20 @@ unsafe fn pass1_avx2(
     );
     let mut threshold = lower.threshold();
     let blocks = ix.scales.len() / LANES;
-    debug_assert_eq!(ix.codes.len(), blocks * g * STRIDE);
+    // Once per query, outside the loop: the bounds the unchecked loads rely on.
+    assert!(
+        ix.codes.len() >= blocks * g * STRIDE
+            && [&ix.bias, &ix.l1, &ix.bias_slack]
+                .iter()
+                .all(|v| v.len() >= blocks * LANES),
+        "item index arrays shorter than its blocks"
+    );
     for b in 0..blocks {
-        // SAFETY: block b spans codes[b·g·32 .. (b+1)·g·32] and per-item arrays
-        // [8b .. 8b+8], all in bounds (asserted above, `padded` = 8·blocks).
+        // SAFETY: block b's codes are codes[b·g·STRIDE .. (b+1)·g·STRIDE] (x < g
+        // below, 32-byte loads at x·STRIDE) and its per-item values are
+        // [b·LANES .. (b+1)·LANES] of scales, bias, l1 and bias_slack (8-float
+        // loads), all in bounds by the assert above and `blocks` =
+        // scales.len() / LANES; `words` has g entries (sliced above, x < g).
         let (lb, ub) = unsafe {
             let base = ix.codes.as_ptr().add(b * g * STRIDE);
             let step = |x: usize, acc| {
