@@ -340,20 +340,24 @@ unsafe fn pass1_avx2(
     );
     let mut threshold = lower.threshold();
     let blocks = ix.scales.len() / LANES;
-    // Once per query, outside the loop: the bounds the unchecked loads rely on.
-    assert!(
-        ix.codes.len() >= blocks * g * STRIDE
+    // `ItemIndex::new` sizes these together (`padded` = LANES·blocks items) and
+    // nothing changes them afterwards (private fields). Checked in debug builds
+    // only; release builds rely on that construction.
+    debug_assert!(
+        ix.codes.len() == blocks * g * STRIDE
             && [&ix.bias, &ix.l1, &ix.bias_slack]
                 .iter()
-                .all(|v| v.len() >= blocks * LANES),
-        "item index arrays shorter than its blocks"
+                .all(|v| v.len() == blocks * LANES),
+        "item index arrays of different sizes"
     );
     for b in 0..blocks {
         // SAFETY: block b's codes are codes[b·g·STRIDE .. (b+1)·g·STRIDE] (x < g
         // below, 32-byte loads at x·STRIDE) and its per-item values are
         // [b·LANES .. (b+1)·LANES] of scales, bias, l1 and bias_slack (8-float
-        // loads), all in bounds by the assert above and `blocks` =
-        // scales.len() / LANES; `words` has g entries (sliced above, x < g).
+        // loads): in bounds because `ItemIndex::new` allocates `codes` with
+        // padded·g·GROUP = blocks·g·STRIDE bytes and the four per-item arrays with
+        // `padded` = blocks·LANES entries, and no code resizes them (`blocks` is
+        // scales.len() / LANES); `words` has g entries (sliced above, x < g).
         let (lb, ub) = unsafe {
             let base = ix.codes.as_ptr().add(b * g * STRIDE);
             let step = |x: usize, acc| {
