@@ -113,20 +113,19 @@ pub struct ErrorDetail {
 }
 
 /// What a 5xx response built from an [`ApiError`] carries in its extensions for
-/// [`log_server_errors`]: the full error, which the body never shows.
+/// [`log_server_error`]: the full error, which the body never shows.
 #[derive(Debug, Clone)]
 pub struct ServerErrorDetail {
     pub code: ErrorCode,
     pub detail: String,
 }
 
-/// Middleware (`map_response`): logs the detail of every 5xx answer built from an
+/// Called by the `json_errors` response layer: logs the detail of every 5xx answer built from an
 /// [`ApiError`], in the request's span.
-pub async fn log_server_errors(res: Response) -> Response {
+pub fn log_server_error(res: &Response) {
     if let Some(e) = res.extensions().get::<ServerErrorDetail>() {
         tracing::error!(code = e.code.as_str(), error = %e.detail, "request failed");
     }
-    res
 }
 
 impl ApiError {
