@@ -81,11 +81,14 @@ mod tests {
 
     fn settings() -> Settings {
         let mut s = Settings::default();
-        s.model.factors = 4;
-        s.model.epochs = 60;
-        s.model.lr = 0.02;
-        s.model.lr_bias = 0.02;
-        s.model.lr_decay = 1.0;
+        s.model = funkrec_engine::Hyper {
+            factors: 4,
+            epochs: 60,
+            lr: 0.02,
+            lr_bias: 0.02,
+            lr_decay: 1.0,
+            ..s.model
+        };
         s.training.holdout_fraction = 0.05;
         s
     }
