@@ -597,12 +597,8 @@ u2,\"x\",1\r\n";
 
     #[test]
     fn csv_errors_name_the_physical_line() {
-        let f = file(b"\nuserId,movieId,rating\n\"a,b\",1,2\n\"c\",\"d, e\",x\n");
-        let err = RatingsReader::open(f.path(), None)
-            .unwrap()
-            .collect::<Result<Vec<_>, _>>()
-            .unwrap_err();
-        let msg = err.to_string();
+        let content = b"\nuserId,movieId,rating\n\"a,b\",1,2\n\"c\",\"d, e\",x\n";
+        let msg = read_all(content, None).unwrap_err().to_string();
         assert!(msg.contains(":4: rating \"x\" is not a number"), "{msg}");
     }
 
