@@ -38,6 +38,17 @@ pub struct ServerSettings {
     pub max_concurrent_requests: usize,
     /// `Retry-After` seconds sent with `503 overloaded`.
     pub retry_after_secs: u64,
+    /// Seconds a connection may take to send a complete request header, counted from
+    /// accept or from the end of the previous response (so also the idle keep-alive timeout).
+    pub header_read_timeout_secs: u64,
+    /// Seconds a request may take to send its whole body (separate from
+    /// `request_timeout_secs`, which counts handler time only).
+    pub body_timeout_secs: u64,
+    /// Open connections at most; 0 = the open-file limit minus a reserve. More clients
+    /// evict the oldest connection that has no request in flight.
+    pub max_connections: usize,
+    /// Seconds graceful shutdown waits for open connections before dropping them.
+    pub shutdown_timeout_secs: u64,
 }
 
 /// Access control. `Debug` and `Serialize` never show a key (only digests are kept).
@@ -61,6 +72,8 @@ pub struct StorageSettings {
     pub database_url: String,
     pub max_connections: u32,
     pub keep_snapshots: usize,
+    /// `/readyz` fails (`disk`) when the data directory's file system has less free space.
+    pub min_free_bytes: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -191,6 +204,9 @@ impl Settings {
         }
         if s.max_concurrent_requests == 0 {
             bail!("server: max_concurrent_requests must be > 0");
+        }
+        if s.header_read_timeout_secs == 0 || s.body_timeout_secs == 0 {
+            bail!("server: header_read_timeout_secs and body_timeout_secs must be > 0");
         }
         let t = &self.training;
         if !(0.0..0.5).contains(&t.holdout_fraction) {

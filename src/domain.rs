@@ -3,6 +3,8 @@
 use funkrec_engine::Scale;
 use serde::Serialize;
 use std::fmt;
+use unicode_normalization::{is_nfc, UnicodeNormalization};
+use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
 
 /// Longest id accepted, in characters.
 pub const MAX_ID_CHARS: usize = 128;
@@ -16,30 +18,63 @@ pub enum DomainError {
     InvalidRating(String),
 }
 
+/// The id rule, applied wherever an id enters (API paths and bodies, `import`):
+/// - normalised to Unicode NFC, so canonically equivalent spellings (precomposed `é` or
+///   `e` + combining accent) are one id;
+/// - then 1–[`MAX_ID_CHARS`] characters, no control character (Cc), no format
+///   character (Cf: zero-width, bidi overrides, soft hyphen, BOM, …), no leading or
+///   trailing whitespace (which also refuses an all-whitespace id).
+///
+/// Ids stored under the older rule (any 1–128 characters without Cc) are read from the
+/// store as they are; [`id_rule_violation`] names what the current rule would say.
 fn parse_id(kind: &str, s: &str) -> Result<String, DomainError> {
+    let id = if is_nfc(s) {
+        s.to_owned()
+    } else {
+        s.nfc().collect()
+    };
+    match id_rule_violation(&id) {
+        None => Ok(id),
+        Some(why) => Err(DomainError::InvalidId(format!("{kind} id {why}"))),
+    }
+}
+
+/// Why the NFC string `s` is not a valid id under the current rule (`None` if it is);
+/// the text follows "user id " or "item id ".
+pub fn id_rule_violation(s: &str) -> Option<String> {
     let n = s.chars().count();
     if n == 0 {
-        return Err(DomainError::InvalidId(format!(
-            "{kind} id must not be empty"
-        )));
+        return Some("must not be empty".into());
     }
     if n > MAX_ID_CHARS {
-        return Err(DomainError::InvalidId(format!(
-            "{kind} id is {n} characters long, at most {MAX_ID_CHARS} are allowed"
-        )));
+        return Some(format!(
+            "is {n} characters long, at most {MAX_ID_CHARS} are allowed"
+        ));
     }
     if let Some(c) = s.chars().find(|c| c.is_control()) {
-        return Err(DomainError::InvalidId(format!(
-            "{kind} id contains the control character U+{:04X}",
-            c as u32
-        )));
+        return Some(format!("contains the control character U+{:04X}", c as u32));
     }
-    Ok(s.to_owned())
+    if let Some(c) = s
+        .chars()
+        .find(|c| c.general_category() == GeneralCategory::Format)
+    {
+        return Some(format!(
+            "contains the invisible format character U+{:04X}",
+            c as u32
+        ));
+    }
+    if s.trim().is_empty() {
+        return Some("must not be only whitespace".into());
+    }
+    if s.trim() != s {
+        return Some("must not start or end with whitespace".into());
+    }
+    None
 }
 
 macro_rules! id_type {
     ($name:ident, $kind:literal) => {
-        #[doc = concat!("A validated ", $kind, " id: 1–128 printable characters.")]
+        #[doc = concat!("A validated ", $kind, " id (NFC; the rule: `parse_id`).")]
         #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
         #[serde(transparent)]
         pub struct $name(String);
@@ -153,6 +188,38 @@ mod tests {
     }
 
     #[test]
+    fn ids_that_look_the_same_are_the_same_or_refused() {
+        // canonically equivalent spellings are one id (NFC)
+        let pre = UserId::parse("caf\u{e9}").unwrap();
+        let combining = UserId::parse("cafe\u{301}").unwrap();
+        assert_eq!(pre, combining);
+        assert_eq!(combining.as_str(), "caf\u{e9}");
+        // whitespace at either end, whitespace only, invisible format characters: refused
+        for bad in [
+            "alice ",
+            " alice",
+            "\u{3000}alice",
+            "alice\u{a0}",
+            " ",
+            "\u{2003}\u{2003}",
+            "al\u{200b}ice",
+            "\u{202e}ecila",
+            "ali\u{ad}ce",
+            "\u{feff}alice",
+            "a\u{2066}b",
+        ] {
+            let e = UserId::parse(bad).unwrap_err().to_string();
+            assert!(
+                e.contains("whitespace") || e.contains("format character"),
+                "{bad:?}: {e}"
+            );
+        }
+        // inner spaces and visible non-ASCII stay allowed
+        assert!(ItemId::parse("the matrix (1999)").is_ok());
+        assert!(ItemId::parse("東京 🎬").is_ok());
+    }
+
+    #[test]
     fn ratings() {
         let s = Scale { min: 1.0, max: 5.0 };
         assert_eq!(RatingValue::parse(1.0, &s).unwrap().get(), 1.0);
@@ -166,9 +233,18 @@ mod tests {
 
     proptest! {
         #[test]
-        fn valid_ids_roundtrip(s in "[^\\p{Cc}]{1,128}") {
+        fn valid_ids_roundtrip(s in "[^\\p{Cc}\\p{Cf}\\p{M}\\s]{1,60}") {
+            let s: String = s.nfc().collect();
             let id = UserId::parse(&s).unwrap();
             prop_assert_eq!(id.as_str(), s.as_str());
+        }
+
+        #[test]
+        fn parsing_is_idempotent_and_nfc(s in "\\PC{0,6}\\p{M}{0,2}\\s?\\PC{0,4}") {
+            if let Ok(id) = ItemId::parse(&s) {
+                prop_assert!(is_nfc(id.as_str()));
+                prop_assert_eq!(ItemId::parse(id.as_str()).unwrap(), id.clone());
+            }
         }
 
         #[test]
@@ -194,15 +270,22 @@ mod tests {
         }
 
         #[test]
-        fn id_length_counts_characters(c in "[^\\p{Cc}]", n in 1usize..200) {
+        fn id_length_counts_characters(c in "[^\\p{Cc}\\p{Cf}\\p{M}\\s]", n in 1usize..200) {
+            // the limit counts the characters of the NFC form (some letters decompose)
             let s = c.repeat(n);
-            prop_assert_eq!(UserId::parse(&s).is_ok(), n <= MAX_ID_CHARS);
+            let chars = s.nfc().count();
+            prop_assert_eq!(UserId::parse(&s).is_ok(), chars <= MAX_ID_CHARS);
         }
 
         #[test]
-        fn any_string_accepted_iff_rule_holds(s in "\\PC{0,3}[\\x00-\\x{a0}]{0,2}\\PC{0,3}") {
-            let n = s.chars().count();
-            let ok = (1..=MAX_ID_CHARS).contains(&n) && !s.chars().any(char::is_control);
+        fn any_string_accepted_iff_rule_holds(s in "\\PC{0,3}[\\x00-\\x{a0}\\u{200b}\\u{202e}\\u{301}]{0,2}\\PC{0,3}") {
+            let nfc: String = s.nfc().collect();
+            let n = nfc.chars().count();
+            let ends_blank = |c: Option<char>| c.is_some_and(char::is_whitespace);
+            let ok = (1..=MAX_ID_CHARS).contains(&n)
+                && !nfc.chars().any(|c| c.is_control() || c.general_category() == GeneralCategory::Format)
+                && !ends_blank(nfc.chars().next())
+                && !ends_blank(nfc.chars().last());
             prop_assert_eq!(ItemId::parse(&s).is_ok(), ok, "{:?}", s);
         }
     }

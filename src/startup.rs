@@ -1,6 +1,7 @@
 //! Application assembly: store, snapshot, worker and HTTP server, run until a shutdown signal.
 
 use crate::config::Settings;
+use crate::fdlimit;
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
 use crate::rated::RecentWrites;
@@ -11,6 +12,7 @@ use anyhow::Context;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpListener;
 
 /// A bound, ready-to-run service.
@@ -101,30 +103,44 @@ impl Application {
         http::router(self.state.clone())
     }
 
-    /// Serves until SIGTERM or Ctrl-C.
+    /// Serves until SIGTERM or Ctrl-C; a second signal during the shutdown exits the
+    /// process at once (every acknowledged write is already committed).
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        self.run_until(shutdown_signal()).await
+        self.run_until(async {
+            shutdown_signal().await;
+            tokio::spawn(async {
+                shutdown_signal().await;
+                tracing::warn!("second shutdown signal: exiting now");
+                std::process::exit(130);
+            });
+        })
+        .await
     }
 
     /// Serves until `signal` completes: stops accepting, finishes in-flight
-    /// requests, then stops the worker (cancelling a run at its next epoch)
-    /// and closes the database.
+    /// requests (dropping the connections still open after
+    /// `server.shutdown_timeout_secs`), then stops the worker (cancelling a run at its
+    /// next epoch) and closes the database.
     pub async fn run_until(
         self,
         signal: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         tracing::info!(addr = %self.addr, "listening");
         let store = self.state.store.clone();
+        let server = &self.state.settings.server;
+        let limits = http::serve::ConnLimits {
+            header_read_timeout: Duration::from_secs(server.header_read_timeout_secs),
+            max_connections: fdlimit::connection_cap(server.max_connections, fdlimit::soft_limit()),
+            shutdown_timeout: Duration::from_secs(server.shutdown_timeout_secs),
+        };
         let app = http::router(self.state);
-        let served = axum::serve(self.listener, app)
-            .with_graceful_shutdown(signal)
-            .await;
+        http::serve::serve(self.listener, app, limits, signal).await;
         // the router (and with it every writer handle) is gone: queued writes commit
         self.writer_task.finish().await;
         tracing::info!("server stopped; stopping the training worker");
         self.worker_task.shutdown().await;
         store.close().await;
-        served.context("serving HTTP")
+        Ok(())
     }
 }
 

@@ -59,13 +59,15 @@ pub fn import_command(
                         }
                     };
                     n += 1;
-                    let valid = UserId::parse(&row.user)
-                        .and_then(|_| ItemId::parse(&row.item))
-                        .and_then(|_| RatingValue::parse(row.value as f64, &scale));
+                    // the ids as the API would store them (NFC)
+                    let valid = UserId::parse(&row.user).and_then(|u| {
+                        let i = ItemId::parse(&row.item)?;
+                        Ok((u, i, RatingValue::parse(row.value as f64, &scale)?))
+                    });
                     match valid {
-                        Ok(v) => chunk.push(ImportRow {
-                            user: row.user,
-                            item: row.item,
+                        Ok((u, i, v)) => chunk.push(ImportRow {
+                            user: u.as_str().to_owned(),
+                            item: i.as_str().to_owned(),
                             rating: v.get(),
                             timestamp: row.timestamp.unwrap_or(now),
                         }),

@@ -185,8 +185,7 @@ pub fn parse_ratings_body(
     limits: &BodyLimits,
     now: i64,
 ) -> Result<Vec<NewRating>, ApiError> {
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| ApiError::MalformedJson(format!("the body is not valid JSON: {e}")))?;
+    let value = parse_strict_json(body)?;
     let (raw, batch) = rating_inputs(value, limits.max_batch)?;
     raw.into_iter()
         .enumerate()
@@ -207,6 +206,88 @@ pub fn parse_ratings_body(
             })
         })
         .collect()
+}
+
+/// Longest key quoted in a duplicate-key error.
+const MAX_QUOTED_KEY_CHARS: usize = 64;
+
+/// Parses JSON into a [`Value`], refusing an object that names a key twice
+/// (`400 invalid_body`): serde_json would silently keep the last one.
+pub fn parse_strict_json(body: &[u8]) -> Result<Value, ApiError> {
+    match serde_json::from_slice::<StrictValue>(body) {
+        Ok(StrictValue(v)) => Ok(v),
+        // the only data error StrictValue raises is the duplicate key
+        Err(e) if e.classify() == serde_json::error::Category::Data => Err(ApiError::DuplicateKey(
+            format!("the body is ambiguous: {e}"),
+        )),
+        Err(e) => Err(ApiError::MalformedJson(format!(
+            "the body is not valid JSON: {e}"
+        ))),
+    }
+}
+
+/// A JSON value whose objects have distinct keys.
+struct StrictValue(Value);
+
+impl<'de> Deserialize<'de> for StrictValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(StrictVisitor).map(StrictValue)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> Visitor<'de> for StrictVisitor {
+    type Value = Value;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_none<E: de::Error>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+        while let Some(StrictValue(v)) = seq.next_element()? {
+            out.push(v);
+        }
+        Ok(Value::Array(out))
+    }
+    fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if out.contains_key(&key) {
+                let shown: String = key.chars().take(MAX_QUOTED_KEY_CHARS).collect();
+                let cut = if shown.len() < key.len() { "…" } else { "" };
+                return Err(de::Error::custom(format_args!(
+                    "the key `{shown}{cut}` appears more than once in one object"
+                )));
+            }
+            let StrictValue(v) = map.next_value()?;
+            out.insert(key, v);
+        }
+        Ok(Value::Object(out))
+    }
 }
 
 /// Turns the posted JSON into raw inputs: a single rating object or `{"ratings": [...]}`.
@@ -284,6 +365,40 @@ mod tests {
     }
 
     #[test]
+    fn duplicate_keys_are_refused_at_any_depth() {
+        for body in [
+            r#"{"user":"a","user":"b","item":"i","rating":3}"#,
+            r#"{"ratings":[{"user":"a","item":"i","rating":3,"rating":5}]}"#,
+            r#"{"ratings":[],"ratings":[{"user":"a","item":"i","rating":3}]}"#,
+            r#"{"user":"a","item":"i","rating":3,"timestamp":{"x":1,"x":2}}"#,
+        ] {
+            let e = parse_ratings_body(body.as_bytes(), &LIMITS, 0).unwrap_err();
+            assert_eq!(
+                e.status_and_code(),
+                (
+                    axum::http::StatusCode::BAD_REQUEST,
+                    crate::http::error::ErrorCode::InvalidBody
+                ),
+                "{body}: {e}"
+            );
+            assert!(e.to_string().contains("more than once"), "{e}");
+        }
+        let e = parse_ratings_body(br#"{"user":"a""#, &LIMITS, 0).unwrap_err();
+        assert_eq!(e.code(), crate::http::error::ErrorCode::MalformedJson);
+        // strict parsing keeps every value as serde_json reads it
+        let v = parse_strict_json(br#"{"a":[1,-2,3.5,"x",null,true,{"b":{}}],"c":1e400}"#);
+        assert!(v.is_err(), "1e400 is out of range: {v:?}");
+        let v = parse_strict_json(
+            br#"{"a":[1,-2,3.5,"x",null,true,{"b":{}}],"u":18446744073709551615}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"a":[1,-2,3.5,"x",null,true,{"b":{}}],"u":18446744073709551615u64})
+        );
+    }
+
+    #[test]
     fn integral_floats_parse_exactly() {
         // found by the proptest below: without serde_json's `float_roundtrip` this parsed as
         // ...817.5 and was refused (and a rating could be off by one ulp)
@@ -340,7 +455,7 @@ mod tests {
 
         #[test]
         fn valid_batches_roundtrip(
-            rows in proptest::collection::vec(("[^\\p{Cc}]{1,20}", "[^\\p{Cc}]{1,20}", 1.0f64..=5.0, proptest::option::of(any::<i64>())), 1..=8)
+            rows in proptest::collection::vec((VALID_ID, VALID_ID, 1.0f64..=5.0, proptest::option::of(any::<i64>())), 1..=8)
         ) {
             let batch: Vec<Value> = rows
                 .iter()
@@ -350,12 +465,19 @@ mod tests {
             let got = parse_ratings_body(&body, &LIMITS, 99).unwrap();
             prop_assert_eq!(got.len(), rows.len());
             for (g, (u, i, r, t)) in got.iter().zip(&rows) {
-                prop_assert_eq!(g.user.as_str(), u.as_str());
-                prop_assert_eq!(g.item.as_str(), i.as_str());
+                prop_assert_eq!(g.user.as_str(), nfc(u));
+                prop_assert_eq!(g.item.as_str(), nfc(i));
                 prop_assert_eq!(g.value.get(), *r as f32);
                 prop_assert_eq!(g.timestamp, t.unwrap_or(99));
             }
         }
+    }
+
+    /// Ids the id rule accepts (after NFC normalisation): no Cc, Cf, marks or whitespace.
+    const VALID_ID: &str = "[^\\p{Cc}\\p{Cf}\\p{M}\\s]{1,20}";
+
+    fn nfc(s: &str) -> String {
+        unicode_normalization::UnicodeNormalization::nfc(s).collect()
     }
 
     const LIMITS: BodyLimits = BodyLimits {

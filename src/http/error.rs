@@ -59,6 +59,18 @@ pub enum ApiError {
     /// Details are logged, never sent to the client.
     #[error("internal error: {0}")]
     Internal(String),
+    /// The request body did not arrive within `server.body_timeout_secs`.
+    #[error("{0}")]
+    BodyTimeout(String),
+    /// The request target is longer than the server reads.
+    #[error("{0}")]
+    UriTooLong(String),
+    /// The request headers are larger than the server reads.
+    #[error("{0}")]
+    HeadersTooLarge(String),
+    /// A JSON object names the same key twice (which one wins is not defined).
+    #[error("{0}")]
+    DuplicateKey(String),
 }
 
 // The `code` of every error body and the `ErrorCode` enum of the OpenAPI document; serde
@@ -88,6 +100,9 @@ pub enum ErrorCode {
     Unauthorized,
     Forbidden,
     Overloaded,
+    RequestTimeout,
+    UriTooLong,
+    HeadersTooLarge,
 }
 
 impl ErrorCode {
@@ -156,6 +171,13 @@ impl ApiError {
             E::Overloaded(_) => (StatusCode::SERVICE_UNAVAILABLE, C::Overloaded),
             E::NotReady { .. } => (StatusCode::SERVICE_UNAVAILABLE, C::Unavailable),
             E::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, C::Internal),
+            E::BodyTimeout(_) => (StatusCode::REQUEST_TIMEOUT, C::RequestTimeout),
+            E::UriTooLong(_) => (StatusCode::URI_TOO_LONG, C::UriTooLong),
+            E::HeadersTooLarge(_) => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                C::HeadersTooLarge,
+            ),
+            E::DuplicateKey(_) => (StatusCode::BAD_REQUEST, C::InvalidBody),
         }
     }
 
@@ -184,7 +206,16 @@ impl ApiError {
             StatusCode::UNSUPPORTED_MEDIA_TYPE => {
                 ApiError::UnsupportedMediaType("expected Content-Type: application/json".into())
             }
-            StatusCode::REQUEST_TIMEOUT | StatusCode::SERVICE_UNAVAILABLE => ApiError::Timeout,
+            StatusCode::REQUEST_TIMEOUT => {
+                ApiError::BodyTimeout("the request did not arrive in time".into())
+            }
+            StatusCode::SERVICE_UNAVAILABLE => ApiError::Timeout,
+            StatusCode::URI_TOO_LONG => {
+                ApiError::UriTooLong("the request target is too long".into())
+            }
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => {
+                ApiError::HeadersTooLarge("the request headers are too large".into())
+            }
             s if s.is_client_error() => {
                 ApiError::InvalidBody(s.canonical_reason().unwrap_or("bad request").to_lowercase())
             }
@@ -219,6 +250,11 @@ impl IntoResponse for ApiError {
             ApiError::Overloaded(secs) => {
                 res.headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            }
+            // the rest of the body (or header) is not read: the connection cannot be reused
+            ApiError::BodyTimeout(_) | ApiError::UriTooLong(_) | ApiError::HeadersTooLarge(_) => {
+                res.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             _ => {}
         }
@@ -333,7 +369,12 @@ mod tests {
         for (status, code) in [
             (StatusCode::METHOD_NOT_ALLOWED, ErrorCode::MethodNotAllowed),
             (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::PayloadTooLarge),
-            (StatusCode::REQUEST_TIMEOUT, ErrorCode::Timeout),
+            (StatusCode::REQUEST_TIMEOUT, ErrorCode::RequestTimeout),
+            (StatusCode::URI_TOO_LONG, ErrorCode::UriTooLong),
+            (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                ErrorCode::HeadersTooLarge,
+            ),
             (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal),
             (StatusCode::NOT_FOUND, ErrorCode::NotFound),
         ] {

@@ -6,11 +6,13 @@ pub mod body;
 pub mod error;
 mod extract;
 mod health;
+pub mod hygiene;
 mod metrics;
 mod model;
 pub mod openapi;
 mod ratings;
 mod recs;
+pub mod serve;
 
 use crate::config::Settings;
 use crate::http::error::ApiError;
@@ -107,12 +109,15 @@ pub fn router(state: AppState) -> Router {
     // would give each route its own). A request that finds no permit is not
     // queued: LoadShed fails it at once and HandleError turns that into 503.
     let concurrency = GlobalConcurrencyLimitLayer::new(server.max_concurrent_requests);
+    // Outermost first here: auth, then the body read under its own deadline (no
+    // concurrency permit held while a client trickles it), then the concurrency limit,
+    // then the handler-time timeout.
     let api = api_routes()
         // set before the layers: it only reaches method routers not yet layered
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            auth::require_key,
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            timeout,
         ))
         .layer(
             ServiceBuilder::new()
@@ -125,9 +130,21 @@ pub fn router(state: AppState) -> Router {
                 }))
                 .layer(LoadShedLayer::new())
                 .layer(concurrency),
-        );
+        )
+        .layer(hygiene::BufferBodyLayer {
+            timeout: Duration::from_secs(server.body_timeout_secs),
+            limit,
+        })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_key,
+        ));
+    let ops = ops_routes().layer(TimeoutLayer::with_status_code(
+        StatusCode::SERVICE_UNAVAILABLE,
+        timeout,
+    ));
     Router::new()
-        .merge(ops_routes())
+        .merge(ops)
         .merge(api)
         .route("/openapi.json", openapi::route(&state.settings))
         .fallback(not_found)
@@ -142,11 +159,7 @@ pub fn router(state: AppState) -> Router {
                         ApiError::Internal("handler panicked".into()).into_response()
                     },
                 ))
-                .layer(RequestBodyLimitLayer::new(limit))
-                .layer(TimeoutLayer::with_status_code(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    timeout,
-                )),
+                .layer(RequestBodyLimitLayer::new(limit)),
         )
         .layer(axum::middleware::map_response(json_errors))
         .layer(axum::middleware::from_fn_with_state(
@@ -169,7 +182,7 @@ pub fn router(state: AppState) -> Router {
                             tracing::info_span!(
                                 "request",
                                 method = %req.method(),
-                                uri = %req.uri(),
+                                uri = %hygiene::loggable_uri(req),
                                 request_id = %id,
                                 role = tracing::field::Empty,
                             )
@@ -178,6 +191,9 @@ pub fn router(state: AppState) -> Router {
                 )
                 .layer(PropagateRequestIdLayer::x_request_id()),
         )
+        // first of all: drop a client request id that is not short and plain (one is
+        // generated instead) and answer oversized request heads
+        .layer(hygiene::HeadChecksLayer)
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {

@@ -155,8 +155,12 @@ pub async fn delete_rating(
     if st.writer.delete(user.clone(), item.clone()).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
+        // ids quoted as JSON strings: the API's spelling, never the Rust type names
+        let quote = |s: &str| serde_json::Value::from(s).to_string();
         Err(ApiError::RatingNotFound(format!(
-            "user {user:?} has no rating for item {item:?}"
+            "user {} has no rating for item {}",
+            quote(user.as_str()),
+            quote(item.as_str())
         )))
     }
 }

@@ -136,15 +136,6 @@ async fn non_loopback_bind_without_keys_refuses_to_start() {
         .expect("keys make any bind fine");
 }
 
-/// Reads one response head (up to the blank line) from a raw connection.
-async fn read_head(conn: &mut tokio::net::TcpStream) -> String {
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        head.push(conn.read_u8().await.expect("the server answers"));
-    }
-    String::from_utf8(head).unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_the_concurrency_limit_requests_are_shed_with_503() {
     let app = spawn_app_with(|s| {
@@ -152,24 +143,37 @@ async fn over_the_concurrency_limit_requests_are_shed_with_503() {
         s.server.retry_after_secs = 7;
     })
     .await;
-    // Request A takes the only permit and keeps it: it sends `Expect: 100-continue` and
-    // no body. The server answers `100 Continue` only once the handler starts reading the
-    // body, that is once A is past the concurrency limit; A holds the permit until its
-    // body arrives.
+    // Request A takes the only permit and keeps it: another connection holds the
+    // database's write lock, so A's handler waits for its commit. (A body that is slow to
+    // arrive holds no permit: bodies are read before the limit.)
+    let locker = rusqlite::Connection::open(app.data_dir.join("funkrec.db")).unwrap();
+    locker.execute_batch("BEGIN IMMEDIATE").unwrap();
     let body = br#"{"user": "u1", "item": "i1", "rating": 5}"#;
     let host = app.addr.trim_start_matches("http://").to_owned();
     let mut conn = tokio::net::TcpStream::connect(&host).await.unwrap();
     let head = format!(
         "POST /v1/ratings HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n",
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
     conn.write_all(head.as_bytes()).await.unwrap();
-    let interim = read_head(&mut conn).await;
-    assert!(interim.starts_with("HTTP/1.1 100 "), "{interim}");
+    conn.write_all(body).await.unwrap();
+    // A is in its handler once a read is shed (the limit is 1)
+    let shed = hang_guard(
+        async {
+            loop {
+                let r = app.get("/v1/users/u1/ratings").await;
+                if r.status() == 503 {
+                    break r;
+                }
+                tokio::task::yield_now().await;
+            }
+        },
+        &app.worker,
+    )
+    .await;
 
     // B is shed, not queued: its answer arrives while A still holds the permit
-    let shed = app.get("/v1/users/u1/ratings").await;
     assert_eq!(shed.status(), 503);
     assert_eq!(shed.headers()["retry-after"], "7");
     let v: Value = shed.json().await.unwrap();
@@ -193,8 +197,8 @@ async fn over_the_concurrency_limit_requests_are_shed_with_503() {
         "{m}"
     );
 
-    // A completes normally; then the permit is free again
-    conn.write_all(body).await.unwrap();
+    // A completes normally once the lock is released; then the permit is free again
+    locker.execute_batch("ROLLBACK").unwrap();
     let mut answer = String::new();
     conn.read_to_string(&mut answer).await.unwrap();
     assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");

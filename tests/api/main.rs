@@ -4,6 +4,7 @@ mod helpers;
 
 mod errors;
 mod guard;
+mod hardening;
 mod hostile;
 mod import;
 mod ingest;
