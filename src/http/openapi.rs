@@ -175,6 +175,39 @@ impl Modify for ConfiguredLimits<'_> {
     }
 }
 
+/// Schemas that only ever appear in responses, where the server writes every field:
+/// every property is required and none has a `default`. (`#[serde(default)]` on the Rust
+/// type makes utoipa write defaults, and a `oneOf` with a `default` is a schema that
+/// client generators such as openapi-python-client refuse: they drop the property and
+/// the generated model then fails to parse the response.)
+struct ResponseOnly<'a>(&'a [&'a str]);
+
+impl Modify for ResponseOnly<'_> {
+    fn modify(&self, doc: &mut openapi::OpenApi) {
+        let schemas = &mut doc
+            .components
+            .as_mut()
+            .expect("the document has components")
+            .schemas;
+        for name in self.0 {
+            let o = object(schemas.get_mut(*name))
+                .unwrap_or_else(|| panic!("{name} is an object schema"));
+            o.default = None;
+            for p in o.properties.values_mut() {
+                match p {
+                    RefOr::T(Schema::Object(o)) => o.default = None,
+                    RefOr::T(Schema::OneOf(o)) => o.default = None,
+                    RefOr::T(Schema::AllOf(o)) => o.default = None,
+                    RefOr::T(Schema::AnyOf(o)) => o.default = None,
+                    RefOr::T(Schema::Array(a)) => a.default = None,
+                    _ => {}
+                }
+            }
+            o.required = o.properties.keys().cloned().collect();
+        }
+    }
+}
+
 /// The operations of a path, whatever their method.
 fn operations(item: &mut PathItem) -> impl Iterator<Item = &mut Operation> {
     [
@@ -203,6 +236,7 @@ fn object(schema: Option<&mut RefOr<Schema>>) -> Option<&mut Object> {
 pub fn document(settings: &Settings) -> openapi::OpenApi {
     let mut doc = ApiDoc::openapi();
     ConfiguredLimits(settings).modify(&mut doc);
+    ResponseOnly(&["Hyper"]).modify(&mut doc);
     doc
 }
 

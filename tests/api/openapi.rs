@@ -211,3 +211,53 @@ async fn document_is_openapi_31_with_errors_and_configured_limits() {
     assert_eq!(s, 400);
     app.stop().await;
 }
+
+/// No schema combines `oneOf`/`anyOf`/`allOf` with a `default`: client generators
+/// (openapi-python-client refuses "ModelProperty cannot have a default value") drop such
+/// a property, and the generated model then fails to parse the response.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_composed_schema_has_a_default() {
+    fn walk(at: &str, v: &Value, bad: &mut Vec<String>) {
+        match v {
+            Value::Object(o) => {
+                let composed = ["oneOf", "anyOf", "allOf"]
+                    .iter()
+                    .any(|k| o.contains_key(*k));
+                if composed && o.contains_key("default") {
+                    bad.push(at.to_owned());
+                }
+                for (k, v) in o {
+                    walk(&format!("{at}/{k}"), v, bad);
+                }
+            }
+            Value::Array(a) => {
+                for (i, v) in a.iter().enumerate() {
+                    walk(&format!("{at}/{i}"), v, bad);
+                }
+            }
+            _ => {}
+        }
+    }
+    let app = spawn_app().await;
+    let (s, doc) = app.get_json("/openapi.json").await;
+    assert_eq!(s, 200);
+    let mut bad = Vec::new();
+    walk("#", &doc, &mut bad);
+    assert!(bad.is_empty(), "composed schemas with a default: {bad:?}");
+    // the model's hyperparameters are always written in full: every field is required
+    let hyper = &doc["components"]["schemas"]["Hyper"];
+    let required: BTreeSet<&str> = hyper["required"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    let props: BTreeSet<&str> = hyper["properties"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(|k| k.as_str())
+        .collect();
+    assert_eq!(required, props);
+    app.stop().await;
+}
