@@ -108,11 +108,7 @@ impl Application {
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         self.run_until(async {
             shutdown_signal().await;
-            tokio::spawn(async {
-                shutdown_signal().await;
-                tracing::warn!("second shutdown signal: exiting now");
-                std::process::exit(130);
-            });
+            exit_on_second_signal();
         })
         .await
     }
@@ -160,6 +156,34 @@ async fn bind(settings: &Settings) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addrs.as_slice())
         .await
         .with_context(|| format!("binding {bind}"))
+}
+
+/// Exits the process (status 130) on the next SIGTERM or SIGINT. The listeners are
+/// registered before this returns, so a signal sent any time after is not missed.
+fn exit_on_second_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            return;
+        };
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = int.recv() => {},
+            }
+            tracing::warn!("second shutdown signal: exiting now");
+            std::process::exit(130);
+        });
+    }
+    #[cfg(not(unix))]
+    tokio::spawn(async {
+        let _ = tokio::signal::ctrl_c().await;
+        std::process::exit(130);
+    });
 }
 
 /// Completes on Ctrl-C or SIGTERM.
