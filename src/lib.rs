@@ -4,6 +4,7 @@ pub mod auth;
 pub mod commands;
 pub mod config;
 pub mod domain;
+pub mod foldin;
 pub mod http;
 pub mod malloc;
 pub mod metrics;
