@@ -5,6 +5,7 @@ pub mod commands;
 pub mod config;
 pub mod domain;
 pub mod fdlimit;
+pub mod foldin;
 pub mod http;
 pub mod malloc;
 pub mod metrics;

@@ -214,6 +214,20 @@ impl RecentWrites {
         g.len -= removed;
     }
 
+    /// The sequence number of the user's latest operation recorded after `since`
+    /// (`Some(None)`: none). None when entries after `since` may have been dropped.
+    pub fn last_change(&self, user: &str, since: u64) -> Option<Option<u64>> {
+        let g = self.inner.lock().unwrap();
+        if since < g.floor {
+            return None;
+        }
+        let last = g
+            .by_user
+            .get(user)
+            .and_then(|items| items.values().map(|e| e.seq).filter(|&s| s > since).max());
+        Some(last)
+    }
+
     /// Calls `apply(item, rated)` for the user's latest operation on each pair recorded
     /// after `since`. False when entries after `since` may have been dropped (the
     /// caller must ask the store instead).
@@ -343,7 +357,11 @@ mod tests {
         let mut n = 0;
         assert!(r.changes_since("u", since + 1, |_, _| n += 1));
         assert_eq!(n, 1);
+        assert_eq!(r.last_change("u", since), Some(Some(since + 2)));
+        assert_eq!(r.last_change("u", since + 2), Some(None));
+        assert_eq!(r.last_change("nobody", since), Some(None));
         r.prune(since + 1);
+        assert_eq!(r.last_change("u", since), None, "below the floor");
         assert!(
             !r.changes_since("u", since, |_, _| {}),
             "pruned entries are gone"

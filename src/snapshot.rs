@@ -29,6 +29,8 @@ pub struct Snapshot {
     /// publication by a training run; for a snapshot loaded at start it is built in
     /// the background (until then, rated items are read from the store).
     pub rated: OnceLock<Rated>,
+    /// Users folded in against this snapshot since it was published.
+    pub folded: crate::foldin::FoldCache,
 }
 
 /// A snapshot's rated-items index and the write sequence number it is complete up to.
@@ -167,6 +169,7 @@ pub async fn load_newest(store: &Store, dir: &Path) -> anyhow::Result<(Option<Sn
                     index: ItemIndex::new(&model),
                     model,
                     rated: OnceLock::new(),
+                    folded: Default::default(),
                 };
                 return Ok((Some(snapshot), max_seen));
             }

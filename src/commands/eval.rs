@@ -3,7 +3,7 @@
 use super::{epoch_bar, load, on_epoch_for, HyperArgs};
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use funkrec_engine::eval::{evaluate_split, kfold, mean_std, FoldResult};
+use funkrec_engine::eval::{evaluate_new_users, evaluate_split, kfold, mean_std, FoldResult};
 use funkrec_engine::io::{read_against, Format};
 use funkrec_engine::{Dataset, Hyper, Rating, TrainerKind};
 use serde::Serialize;
@@ -37,6 +37,11 @@ pub struct EvalArgs {
     /// No progress bars.
     #[arg(long, short)]
     pub quiet: bool,
+    /// Strict new-user protocol instead of the test files: this seeded fraction of each
+    /// training set's users is removed from training, half of each one's ratings are
+    /// folded in and the other half tested, beside a retrain that sees the folded half.
+    #[arg(long, value_name = "F")]
+    pub new_users: Option<f64>,
 }
 
 #[derive(Serialize)]
@@ -81,6 +86,9 @@ pub fn run(args: EvalArgs) -> Result<()> {
                 .unwrap_or_default();
             splits.push((name, train_set, test));
         }
+    }
+    if let Some(fraction) = args.new_users {
+        return new_users(&splits, fraction, &hyper, &args);
     }
     let mut folds = Vec::new();
     for (name, train_set, test) in &splits {
@@ -140,5 +148,53 @@ pub fn run(args: EvalArgs) -> Result<()> {
     row("Recall@10", |f| f.recall_at_10, 4);
     row("NDCG@10", |f| f.ndcg_at_10, 4);
     row("Fit time (s)", |f| f.fit_seconds, 2);
+    Ok(())
+}
+
+/// `--new-users F`: fold-in against a model without the new users, beside a retrain.
+fn new_users(
+    splits: &[(String, Dataset, Vec<Rating>)],
+    fraction: f64,
+    hyper: &Hyper,
+    args: &EvalArgs,
+) -> Result<()> {
+    if !(fraction > 0.0 && fraction < 1.0) {
+        bail!("--new-users must be a fraction in (0, 1), got {fraction}");
+    }
+    let mut results = Vec::new();
+    for (name, train_set, _) in splits {
+        let pb = epoch_bar(2 * hyper.total_epochs(), name, args.quiet);
+        let mut cb = on_epoch_for(&pb);
+        results.push(evaluate_new_users(train_set, fraction, hyper, &mut cb)?);
+        pb.finish_and_clear();
+    }
+    if args.json {
+        println!("{}", serde_json::to_string(&results)?);
+        return Ok(());
+    }
+    println!(
+        "New users ({fraction} of users, half of their ratings folded in, half tested): {} (k={}, epochs={}).\n",
+        hyper.trainer, hyper.factors, hyper.epochs
+    );
+    print!("{:<22}", "");
+    for (name, _, _) in splits {
+        print!("{name:>10}");
+    }
+    println!("{:>10}", "Mean");
+    let row =
+        |label: &str, f: &dyn Fn(&funkrec_engine::eval::NewUserResult) -> f64, prec: usize| {
+            print!("{label:<22}");
+            for r in &results {
+                print!("{:>10.prec$}", f(r));
+            }
+            println!("{:>10.prec$}", mean_std(results.iter().map(f)).0);
+        };
+    row("Fold-in RMSE", &|r| r.fold_in_rmse, 4);
+    row("Fold-in (SGD) RMSE", &|r| r.fold_in_sgd_rmse, 4);
+    row("Retrain RMSE", &|r| r.retrain_rmse, 4);
+    row("New users", &|r| r.new_users as f64, 0);
+    row("Test ratings", &|r| r.test_ratings as f64, 0);
+    row("Fold-in (µs/user)", &|r| r.fold_in_micros, 1);
+    row("Fold-in SGD (µs/user)", &|r| r.fold_in_sgd_micros, 1);
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! Serving endpoints: predictions, top-N recommendations and similar items from the current snapshot.
 
 use crate::domain::{ItemId, UserId};
+use crate::foldin::{self, UserVector};
 use crate::http::error::ApiError;
 use crate::http::error::ErrorBody;
 use crate::http::extract::{ApiPath, ApiQuery};
@@ -34,6 +35,10 @@ pub struct PredictionOut {
     pub known_item: bool,
     /// True when either side is unknown to the snapshot or no model exists yet.
     pub fallback: bool,
+    /// True when the user's vector was solved from their ratings as of now (fold-in:
+    /// they rated since the snapshot, or the snapshot does not know them).
+    #[serde(default)]
+    pub folded_in: bool,
 }
 
 /// One item of a list, with its score.
@@ -52,6 +57,10 @@ pub struct Recommendations {
     pub model_version: Option<u64>,
     /// True when the list is the popularity fallback.
     pub fallback: bool,
+    /// True when the user's vector was solved from their ratings as of now (fold-in:
+    /// they rated since the snapshot, or the snapshot does not know them).
+    #[serde(default)]
+    pub folded_in: bool,
     pub items: Vec<ScoredItem>,
 }
 
@@ -71,7 +80,9 @@ fn scored(list: impl IntoIterator<Item = (String, f32)>) -> Vec<ScoredItem> {
         .collect()
 }
 
-/// `GET /v1/users/{user}/predictions/{item}`. Without a model: mid-scale, `"fallback": true`.
+/// `GET /v1/users/{user}/predictions/{item}`. A user who rated since the snapshot (or
+/// whom it does not know) is folded in. Without a model: the item's damped mean (the
+/// global mean for an unrated item; mid-scale in an empty store), `"fallback": true`.
 #[utoipa::path(
     get,
     path = "/v1/users/{user}/predictions/{item}",
@@ -98,27 +109,44 @@ pub async fn prediction(
     let item = ItemId::parse(&item)?;
     let body = match st.serving.get() {
         Some(snap) => {
-            let p = snap.model.predict(user.as_str(), item.as_str());
+            let m = &snap.model;
+            let now = foldin::user_now(&snap, &st.recent, &st.store, &user, false).await?;
+            let i = m.items.get(item.as_str());
+            let (rating, folded_in) = match (&now.vector, i) {
+                (UserVector::Folded(f), Some(i)) => (f.predict(m, i), true),
+                (UserVector::Folded(f), None) => {
+                    (m.hyper.scale.clamp(m.global_mean + f.bias), true)
+                }
+                _ => (m.predict(user.as_str(), item.as_str()).rating, false),
+            };
+            let known_user = m.users.get(user.as_str()).is_some();
             PredictionOut {
                 user: user.as_str().to_owned(),
                 item: item.as_str().to_owned(),
-                rating: p.rating,
+                rating,
                 model_version: Some(snap.version),
-                known_user: p.known_user,
-                known_item: p.known_item,
-                fallback: !(p.known_user && p.known_item),
+                known_user,
+                known_item: i.is_some(),
+                fallback: !((known_user || folded_in) && i.is_some()),
+                folded_in,
             }
         }
         None => {
+            // the item's damped mean, or the global mean, as of now
             let s = st.settings.model.scale;
+            let rating = match st.store.damped_mean(&item).await? {
+                Some(r) => s.clamp(r),
+                None => (s.min + s.max) / 2.0,
+            };
             PredictionOut {
                 user: user.as_str().to_owned(),
                 item: item.as_str().to_owned(),
-                rating: (s.min + s.max) / 2.0,
+                rating,
                 model_version: None,
                 known_user: false,
                 known_item: false,
                 fallback: true,
+                folded_in: false,
             }
         }
     };
@@ -150,30 +178,27 @@ pub async fn recommendations(
 ) -> Result<Json<Recommendations>, ApiError> {
     let user = UserId::parse(&user)?;
     let n = st.n(q.n)?;
-    let (version, fallback, items) = match st.serving.get() {
+    let (version, fallback, folded_in, items) = match st.serving.get() {
         Some(snap) => {
             let m = &snap.model;
-            let u = m.users.get(user.as_str());
-            // the snapshot's index plus the writes since; the store when that is not possible
-            let from_memory = snap
-                .rated
-                .get()
-                .and_then(|r| rated::rated_now(m, &r.index, r.since, &st.recent, user.as_str(), u));
-            let seen = match from_memory {
-                Some(bits) => bits,
-                None => rated::item_set(m, st.store.rated_items(&user).await?),
-            };
-            let seen = |i| rated::contains(&seen, i);
-            let (fallback, list) = match u {
-                Some(u) => (false, snap.index.top_n(m, u, n, seen)),
-                None => (true, m.popular(n, seen)),
+            let now = foldin::user_now(&snap, &st.recent, &st.store, &user, true).await?;
+            let seen = |i| rated::contains(&now.rated, i);
+            let (fallback, folded_in, list) = match &now.vector {
+                UserVector::Snapshot(u) => (false, false, snap.index.top_n(m, *u, n, seen)),
+                UserVector::Folded(f) => (
+                    false,
+                    true,
+                    snap.index.top_n_for(m, &f.factors, f.bias, n, seen),
+                ),
+                UserVector::None => (true, false, m.popular(n, seen)),
             };
             let named = list.into_iter().map(|(i, s)| (m.items.id(i).to_owned(), s));
-            (Some(snap.version), fallback, scored(named))
+            (Some(snap.version), fallback, folded_in, scored(named))
         }
         None => (
             None,
             true,
+            false,
             scored(st.store.popular(n, Some(&user), None).await?),
         ),
     };
@@ -181,6 +206,7 @@ pub async fn recommendations(
         user: user.as_str().to_owned(),
         model_version: version,
         fallback,
+        folded_in,
         items,
     }))
 }

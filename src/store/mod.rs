@@ -155,6 +155,44 @@ impl Store {
         Ok(items)
     }
 
+    /// Every rating of the user as of now, (item id, rating): what fold-in solves from.
+    #[tracing::instrument(level = "debug", skip_all, fields(user = user.as_str(), items = Empty))]
+    pub async fn user_ratings(&self, user: &UserId) -> Result<Vec<(String, f32)>, StoreError> {
+        let Some(key) = self.user_key(user).await? else {
+            return Ok(Vec::new());
+        };
+        let rows: Vec<(String, f64)> = sqlx::query_as(
+            "SELECT i.ext_id, r.rating FROM ratings_now r JOIN items i ON i.id = r.item_id \
+             WHERE r.user_id = ?",
+        )
+        .bind(key)
+        .fetch_all(&self.pool)
+        .await?;
+        tracing::Span::current().record("items", rows.len());
+        Ok(rows.into_iter().map(|(i, r)| (i, r as f32)).collect())
+    }
+
+    /// The damped mean (s_i + m·μ)/(n_i + m), m = 10, of an item as of now, or the
+    /// global mean μ when nobody rated it (None when the store holds no rating): the
+    /// prediction before any model exists.
+    #[tracing::instrument(level = "debug", skip_all)]
+    pub async fn damped_mean(&self, item: &ItemId) -> Result<Option<f32>, StoreError> {
+        let row: (Option<f64>, Option<f64>, i64) = sqlx::query_as(
+            "SELECT (SELECT AVG(rating) FROM ratings_now), \
+             (SELECT SUM(r.rating) FROM ratings_now r JOIN items i ON i.id = r.item_id WHERE i.ext_id = ?1), \
+             (SELECT COUNT(*) FROM ratings_now r JOIN items i ON i.id = r.item_id WHERE i.ext_id = ?1)",
+        )
+        .bind(item.as_str())
+        .fetch_one(&self.pool)
+        .await?;
+        let mu = match row.0 {
+            Some(mu) => mu,
+            None => return Ok(None),
+        };
+        let (sum, n) = (row.1.unwrap_or(0.0), row.2 as f64);
+        Ok(Some(((sum + 10.0 * mu) / (n + 10.0)) as f32))
+    }
+
     /// Damped-mean popularity straight from the store (the fallback before any
     /// model exists): (s_i + m·μ)/(n_i + m) with m = 10, best first, skipping
     /// the items `exclude_user` rated and the item `exclude_item`.

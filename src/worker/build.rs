@@ -54,6 +54,7 @@ pub fn build_snapshot(
             since,
             index: rated,
         }),
+        folded: Default::default(),
     }))
 }
 

@@ -3,6 +3,7 @@
 mod helpers;
 
 mod errors;
+mod foldin;
 mod guard;
 mod hardening;
 mod hostile;

@@ -42,11 +42,14 @@ async fn before_any_model_everything_falls_back_without_error() {
         "x is rated by a; z (3) ranks above y (1)"
     );
 
+    // before a model: the item's damped mean (s + 10μ)/(n + 10), μ = 3.5
     let (s, v) = app.get_json("/v1/users/a/predictions/x").await;
     assert_eq!(s, 200);
     assert_eq!(v["fallback"], true);
-    assert_eq!(v["rating"], 3.0);
+    assert_eq!(v["rating"], (10.0 + 35.0) / 12.0);
     assert!(v["model_version"].is_null());
+    let (_, v) = app.get_json("/v1/users/a/predictions/never-rated").await;
+    assert_eq!(v["rating"], 3.5, "the global mean for an item nobody rated");
 
     let (s, v) = app.get_json("/v1/items/x/similar?n=2").await;
     assert_eq!(s, 200);
@@ -198,14 +201,15 @@ async fn rated_items_are_never_recommended_even_after_the_snapshot() {
     );
     assert_eq!(after.len(), recs.len() - 1);
 
-    // a user unknown to the snapshot gets the fallback without the items they just rated
+    // a user unknown to the snapshot is folded in, without the items they just rated
     app.post_ratings(&[
         ("newbie".into(), "i1".into(), 5.0),
         ("newbie".into(), "i2".into(), 5.0),
     ])
     .await;
     let (_, v) = app.get_json("/v1/users/newbie/recommendations?n=20").await;
-    assert_eq!(v["fallback"], true);
+    assert_eq!(v["fallback"], false);
+    assert_eq!(v["folded_in"], true);
     let items: Vec<&str> = v["items"]
         .as_array()
         .unwrap()

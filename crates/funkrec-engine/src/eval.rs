@@ -142,6 +142,118 @@ pub fn evaluate_split(
     })
 }
 
+/// The strict new-user protocol on one training set: what fold-in loses against
+/// retraining with the same ratings.
+#[derive(Debug, Clone, Serialize)]
+pub struct NewUserResult {
+    /// Users removed from training.
+    pub new_users: usize,
+    /// Their ratings folded in (and, for the retrain, trained on).
+    pub folded_ratings: usize,
+    /// Their ratings tested.
+    pub test_ratings: usize,
+    /// RMSE on the test half with the closed-form fold-in against the model without them.
+    pub fold_in_rmse: f64,
+    /// The same with the SGD fold-in ([`crate::foldin::fold_in_sgd`]).
+    pub fold_in_sgd_rmse: f64,
+    /// RMSE on the test half of a model retrained with the folded halves.
+    pub retrain_rmse: f64,
+    /// Mean time per user of the closed-form and the SGD fold-in.
+    pub fold_in_micros: f64,
+    pub fold_in_sgd_micros: f64,
+    /// Training time of the model without the new users.
+    pub fit_seconds: f64,
+}
+
+/// One user's ratings as (item index, rating).
+type ItemRatings = Vec<(u32, f32)>;
+/// A fold-in solver: [`crate::foldin::fold_in`] or [`crate::foldin::fold_in_sgd`].
+type FoldFn = fn(&Model, &[(u32, f32)]) -> Option<crate::foldin::Folded>;
+
+/// A seeded `fraction` of the users of `data` is removed from training entirely;
+/// half of each removed user's ratings (seeded) are folded in against the model
+/// trained on the rest, the other half are tested. The retrain trains on the rest
+/// plus every folded half and is tested on the same ratings.
+pub fn evaluate_new_users(
+    data: &Dataset,
+    fraction: f64,
+    hyper: &Hyper,
+    on_epoch: &mut EpochCallback<'_>,
+) -> Result<NewUserResult, EngineError> {
+    use crate::foldin::{fold_in, fold_in_sgd};
+    let mut rng = ChaCha8Rng::seed_from_u64(hyper.seed ^ 0x6e65_7775);
+    let mut users: Vec<u32> = (0..data.n_users() as u32).collect();
+    users.shuffle(&mut rng);
+    let n_new = ((data.n_users() as f64 * fraction.clamp(0.0, 1.0)).round() as usize).max(1);
+    let mut is_new = vec![false; data.n_users()];
+    for &u in &users[..n_new.min(users.len())] {
+        is_new[u as usize] = true;
+    }
+    let mut by_user: Vec<Vec<Rating>> = vec![Vec::new(); data.n_users()];
+    let mut base = Vec::new();
+    for r in &data.ratings {
+        match is_new[r.user as usize] {
+            true => by_user[r.user as usize].push(*r),
+            false => base.push(*r),
+        }
+    }
+    let (mut folded, mut test) = (Vec::new(), Vec::new());
+    // per new user: (the folded half as (item, rating), the tested half)
+    let mut halves: Vec<(ItemRatings, Vec<Rating>)> = Vec::new();
+    for mut rs in by_user.into_iter().filter(|v| v.len() >= 2) {
+        rs.shuffle(&mut rng);
+        let (f, t) = rs.split_at(rs.len() / 2);
+        folded.extend_from_slice(f);
+        test.extend_from_slice(t);
+        halves.push((f.iter().map(|r| (r.item, r.value)).collect(), t.to_vec()));
+    }
+    let rest = Dataset {
+        users: data.users.clone(),
+        items: data.items.clone(),
+        ratings: base,
+    };
+    let start = Instant::now();
+    let model = train(&rest, hyper, None, on_epoch)?;
+    let fit_seconds = start.elapsed().as_secs_f64();
+    let score = |solve: FoldFn| {
+        let (mut se, mut n, mut secs) = (0.0f64, 0usize, 0.0f64);
+        for (f, t) in &halves {
+            let start = Instant::now();
+            let v = solve(&model, f);
+            secs += start.elapsed().as_secs_f64();
+            for r in t {
+                let p = match (&v, (r.item as usize) < model.n_items()) {
+                    (Some(v), true) => v.predict(&model, r.item),
+                    (Some(v), false) => model.hyper.scale.clamp(model.global_mean + v.bias),
+                    (None, _) => model.predict_for(u32::MAX, r.item),
+                };
+                se += ((p - r.value) as f64).powi(2);
+                n += 1;
+            }
+        }
+        (
+            (se / n.max(1) as f64).sqrt(),
+            secs * 1e6 / halves.len().max(1) as f64,
+        )
+    };
+    let (fold_in_rmse, fold_in_micros) = score(fold_in);
+    let (fold_in_sgd_rmse, fold_in_sgd_micros) = score(fold_in_sgd);
+    let mut all = rest;
+    all.ratings.extend_from_slice(&folded);
+    let retrained = train(&all, hyper, None, on_epoch)?;
+    Ok(NewUserResult {
+        new_users: halves.len(),
+        folded_ratings: folded.len(),
+        test_ratings: test.len(),
+        fold_in_rmse,
+        fold_in_sgd_rmse,
+        retrain_rmse: rmse(&retrained, &test),
+        fold_in_micros,
+        fold_in_sgd_micros,
+        fit_seconds,
+    })
+}
+
 /// Mean and (population) standard deviation.
 pub fn mean_std(xs: impl IntoIterator<Item = f64>) -> (f64, f64) {
     let v: Vec<f64> = xs.into_iter().collect();

@@ -4,6 +4,7 @@
 pub mod data;
 pub mod error;
 pub mod eval;
+pub mod foldin;
 pub mod io;
 pub mod model;
 pub mod params;

@@ -171,7 +171,7 @@ pub(crate) fn has_avx2_fma() -> bool {
 
 /// Four dot products p·q0..p·q3 at once (p is loaded once for all four).
 #[inline(always)]
-fn dot4<const FMA: bool>(p: &[f32], q: [&[f32]; 4]) -> [f32; 4] {
+pub(crate) fn dot4<const FMA: bool>(p: &[f32], q: [&[f32]; 4]) -> [f32; 4] {
     let k = p.len();
     let q = q.map(|r| &r[..k]);
     let mut acc = [[0.0f32; 8]; 4];
@@ -447,7 +447,18 @@ impl Model {
     /// items for which `exclude` is true. One contiguous pass over Q with a
     /// bounded heap (no full sort). Scores are clamped predictions.
     pub fn top_n(&self, u: u32, n: usize, exclude: impl Fn(u32) -> bool) -> Vec<(u32, f32)> {
-        let p = self.user_row(u);
+        self.top_n_for(self.user_row(u), self.user_bias[u as usize], n, exclude)
+    }
+
+    /// [`Model::top_n`] for a user vector `p` and bias `bu` given by the caller
+    /// (e.g. folded in, `crate::foldin`).
+    pub fn top_n_for(
+        &self,
+        p: &[f32],
+        bu: f32,
+        n: usize,
+        exclude: impl Fn(u32) -> bool,
+    ) -> Vec<(u32, f32)> {
         let q = self.item_factors.as_slice().expect("row-major factors");
         let bias = self.item_bias.as_slice().expect("contiguous biases");
         let mut top = TopK::new(n);
@@ -468,7 +479,7 @@ impl Model {
             #[cfg(not(target_arch = "x86_64"))]
             scan_items::<false>(p, q, bias, &exclude, &mut top);
         }
-        let base = self.global_mean + self.user_bias[u as usize];
+        let base = self.global_mean + bu;
         top.into_sorted()
             .into_iter()
             .map(|(i, s)| (i, self.hyper.scale.clamp(base + s)))

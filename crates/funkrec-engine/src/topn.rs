@@ -140,10 +140,29 @@ impl ItemIndex {
         n: usize,
         exclude: impl Fn(u32) -> bool,
     ) -> Vec<(u32, f32)> {
+        self.top_n_for(
+            model,
+            model.user_row(u),
+            model.user_bias[u as usize],
+            n,
+            exclude,
+        )
+    }
+
+    /// [`ItemIndex::top_n`] for a user vector `p` and bias `bu` given by the caller
+    /// (e.g. folded in): the same list as [`Model::top_n_for`].
+    pub fn top_n_for(
+        &self,
+        model: &Model,
+        p: &[f32],
+        bu: f32,
+        n: usize,
+        exclude: impl Fn(u32) -> bool,
+    ) -> Vec<(u32, f32)> {
         if self.n_items < MIN_ITEMS {
-            return model.top_n(u, n, exclude);
+            return model.top_n_for(p, bu, n, exclude);
         }
-        self.top_n_indexed(model, u, n, exclude, true)
+        self.top_n_indexed(model, p, bu, n, exclude, true)
     }
 
     /// [`ItemIndex::top_n`] through the index whatever the catalogue size; `simd`
@@ -151,7 +170,8 @@ impl ItemIndex {
     fn top_n_indexed(
         &self,
         model: &Model,
-        u: u32,
+        p: &[f32],
+        bu: f32,
         n: usize,
         exclude: impl Fn(u32) -> bool,
         simd: bool,
@@ -159,13 +179,12 @@ impl ItemIndex {
         if n == 0 {
             return Vec::new();
         }
-        let p = model.user_row(u);
         let query = match self.serves(model) {
             true => self.quantise(p),
             false => None,
         };
         let Some(query) = query else {
-            return model.top_n(u, n, exclude);
+            return model.top_n_for(p, bu, n, exclude);
         };
         // Pass 1: bounds for every item; candidates are the items whose upper
         // bound reached the running n-th best lower bound (it only rises).
@@ -182,7 +201,7 @@ impl ItemIndex {
                 top.push(scan_score(p, q, bias, i as usize), i);
             }
         }
-        let base = model.global_mean + model.user_bias[u as usize];
+        let base = model.global_mean + bu;
         top.into_sorted()
             .into_iter()
             .map(|(i, s)| (i, model.hyper.scale.clamp(base + s)))
@@ -455,7 +474,8 @@ mod tests {
         for u in 0..m.n_users() as u32 {
             let want = m.top_n(u, n, exclude);
             for simd in [true, false] {
-                let got = ix.top_n_indexed(m, u, n, exclude, simd);
+                let (p, bu) = (m.user_row(u), m.user_bias[u as usize]);
+                let got = ix.top_n_indexed(m, p, bu, n, exclude, simd);
                 assert_eq!(
                     got,
                     want,

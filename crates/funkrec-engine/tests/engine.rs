@@ -507,3 +507,25 @@ fn training_in_place_equals_training_on_a_copy() {
     assert_eq!(a.report.epochs, b.report.epochs);
     assert_eq!(owned.len(), data.train.len());
 }
+
+// ---------------------------------------------------------------- fold-in
+
+/// Strict new-user protocol on the planted model: users never seen in training,
+/// folded in from half their ratings, predict the other half about as well as a
+/// retrain that saw the same half, close to the noise level.
+#[test]
+fn new_users_folded_in_predict_as_well_as_a_retrain() {
+    let pl = planted(11);
+    let hyper = planted_hyper(TrainerKind::Sgd);
+    let r = eval::evaluate_new_users(&pl.train, 0.2, &hyper, &mut quiet).unwrap();
+    assert!(r.new_users >= 50, "{r:?}");
+    assert!(r.test_ratings > 1000, "{r:?}");
+    assert!(
+        r.fold_in_rmse < r.retrain_rmse * 1.05,
+        "fold-in {} vs retrain {}",
+        r.fold_in_rmse,
+        r.retrain_rmse
+    );
+    assert!(r.fold_in_rmse < 2.0 * pl.sigma + 0.2, "{r:?}");
+    assert!(r.fold_in_sgd_rmse.is_finite(), "{r:?}");
+}
