@@ -65,7 +65,8 @@ pub struct AuthSettings {
     pub allow_open: bool,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+/// `Debug` shows `database_url` with its password hidden ([`redact_url`]).
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct StorageSettings {
     pub data_dir: PathBuf,
@@ -233,6 +234,76 @@ impl Settings {
     /// Where snapshot files live.
     pub fn models_dir(&self) -> PathBuf {
         self.storage.data_dir.join("models")
+    }
+}
+
+impl std::fmt::Debug for StorageSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StorageSettings")
+            .field("data_dir", &self.data_dir)
+            .field("database_url", &redact_url(&self.database_url))
+            .field("max_connections", &self.max_connections)
+            .field("keep_snapshots", &self.keep_snapshots)
+            .finish()
+    }
+}
+
+/// The password of a `scheme://user:password@host/...` URL, if it has one.
+pub fn url_password(url: &str) -> Option<&str> {
+    let rest = &url[url.find("://")? + 3..];
+    let authority = &rest[..rest.find(['/', '?']).unwrap_or(rest.len())];
+    let userinfo = &authority[..authority.rfind('@')?];
+    userinfo.split_once(':').map(|(_, pw)| pw)
+}
+
+/// `url` with its password (in the user part or a `password=` query parameter)
+/// replaced by `***`: what logs, errors, metrics and the API may show.
+pub fn redact_url(url: &str) -> String {
+    let mut out = match url_password(url) {
+        Some(pw) => {
+            let at = url.find("://").map_or(0, |i| i + 3);
+            let start = at + url[at..].find(':').unwrap_or(0) + 1;
+            format!("{}***{}", &url[..start], &url[start + pw.len()..])
+        }
+        None => url.to_owned(),
+    };
+    if let Some(q) = out.find('?') {
+        let query: Vec<String> = out[q + 1..]
+            .split('&')
+            .map(|kv| match kv.split_once('=') {
+                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                _ => kv.to_owned(),
+            })
+            .collect();
+        out = format!("{}?{}", &out[..q], query.join("&"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod redact_tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_hidden_everything_else_kept() {
+        assert_eq!(
+            redact_url("postgres://app:s3cr:et@db.example:5432/funkrec"),
+            "postgres://app:***@db.example:5432/funkrec"
+        );
+        assert_eq!(
+            redact_url("postgres://app@db/funkrec?password=hunter2&sslmode=require"),
+            "postgres://app@db/funkrec?password=***&sslmode=require"
+        );
+        assert_eq!(redact_url("postgres://app@db/x"), "postgres://app@db/x");
+        assert_eq!(
+            redact_url("sqlite://./data/funkrec.db"),
+            "sqlite://./data/funkrec.db"
+        );
+        assert_eq!(url_password("postgres://a:b@h/d"), Some("b"));
+        let mut s = Settings::default();
+        s.storage.database_url = "postgres://app:hunter2@db/funkrec".into();
+        assert!(!format!("{s:?}").contains("hunter2"));
+        assert!(format!("{s:?}").contains("postgres://app:***@db/funkrec"));
     }
 }
 

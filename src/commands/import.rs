@@ -123,7 +123,7 @@ pub fn import_command(
         stats.new_users,
         stats.new_items,
         stats.rows as f64 / secs.max(1e-9),
-        settings.database_url()
+        crate::config::redact_url(&settings.database_url())
     );
     let skipped = skipped.load(Ordering::Relaxed);
     if skipped > 0 {

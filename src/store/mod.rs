@@ -1,20 +1,24 @@
 //! The ratings store: every SQL statement lives here, behind the [`Store`] boundary.
 //!
 //! Handlers and the worker only see [`Store`]'s methods and plain data types,
-//! never a pool or a query. Today the backend is SQLite (`sqlite.rs` holds the
-//! connection setup and migrations); a PostgreSQL backend slots in behind the
-//! same methods. The SQL itself sticks to the portable subset
-//! (`INSERT .. ON CONFLICT .. DO UPDATE`, `LIMIT/OFFSET`, no `RETURNING`).
+//! never a pool or a query, nor which backend runs: `storage.database_url` picks
+//! SQLite (`sqlite.rs`: the default, a file in the data directory) or PostgreSQL
+//! (`postgres/`). Each method dispatches on the backend; the SQLite SQL lives in
+//! this file and its submodules, the PostgreSQL SQL in `postgres/`. Both behave the
+//! same: `tests/store_contract.rs` runs every operation against both.
 
 mod bulk;
 mod checkpoint;
+mod error;
 mod keys;
 mod lock;
+mod postgres;
 mod scan;
 mod sqlite;
 mod writer;
 
 pub use bulk::{ImportRow, ImportStats};
+pub use error::StoreError;
 pub use writer::{Writer, WriterTask};
 
 use crate::config::Settings;
@@ -23,13 +27,17 @@ use serde::Serialize;
 use sqlx::sqlite::SqlitePool;
 use tracing::field::Empty;
 
-/// Errors from the store are sqlx errors (mapped to HTTP in `error.rs`).
-pub type StoreError = sqlx::Error;
-
 /// Handle to the database; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Store {
-    pool: SqlitePool,
+    backend: Backend,
+}
+
+/// The database behind a [`Store`].
+#[derive(Clone, Debug)]
+enum Backend {
+    Sqlite(SqlitePool),
+    Postgres(postgres::PgStore),
 }
 
 /// One stored rating of a user.
@@ -68,39 +76,72 @@ pub struct ModelRow {
 }
 
 impl Store {
-    /// Opens (creating the data directory and database if needed) and migrates.
-    #[tracing::instrument(skip_all, fields(data_dir = %settings.storage.data_dir.display()))]
+    /// Opens and migrates the database of `storage.database_url`: PostgreSQL for a
+    /// `postgres://` URL, otherwise SQLite (creating the data directory and the
+    /// file if needed). An unsupported scheme or an unreachable server is an error
+    /// that names the URL without its password.
+    #[tracing::instrument(skip_all, fields(database = %crate::config::redact_url(&settings.database_url())))]
     pub async fn connect(settings: &Settings) -> anyhow::Result<Store> {
-        std::fs::create_dir_all(&settings.storage.data_dir)?;
-        let pool =
-            sqlite::connect(&settings.database_url(), settings.storage.max_connections).await?;
-        Ok(Store { pool })
+        let url = settings.database_url();
+        let backend = if postgres::is_postgres_url(&url) {
+            Backend::Postgres(
+                postgres::PgStore::connect(&url, settings.storage.max_connections).await?,
+            )
+        } else {
+            std::fs::create_dir_all(&settings.storage.data_dir)?;
+            Backend::Sqlite(sqlite::connect(&url, settings.storage.max_connections).await?)
+        };
+        Ok(Store { backend })
     }
 
-    /// The database file (the writer and the training scan open their own connections to it).
-    fn path(&self) -> std::path::PathBuf {
-        self.pool.connect_options().get_filename().to_owned()
+    /// Which backend runs: `"sqlite"` or `"postgres"` (for logs, metrics and readiness).
+    pub fn backend_name(&self) -> &'static str {
+        match &self.backend {
+            Backend::Sqlite(_) => "sqlite",
+            Backend::Postgres(_) => "postgres",
+        }
+    }
+
+    /// The SQLite pool, or the PostgreSQL store (the caller runs its own SQL for that).
+    fn sqlite(&self) -> Result<&SqlitePool, &postgres::PgStore> {
+        match &self.backend {
+            Backend::Sqlite(pool) => Ok(pool),
+            Backend::Postgres(pg) => Err(pg),
+        }
+    }
+
+    /// The database file of the SQLite backend (the writer and the training scan open
+    /// their own connections to it); None on PostgreSQL.
+    fn path(&self) -> Option<std::path::PathBuf> {
+        self.sqlite()
+            .ok()
+            .map(|pool| pool.connect_options().get_filename().to_owned())
     }
 
     /// Closes the pool (waits for connections to be returned).
     pub async fn close(&self) {
-        self.pool.close().await;
+        match &self.backend {
+            Backend::Sqlite(pool) => pool.close().await,
+            Backend::Postgres(pg) => pg.close().await,
+        }
     }
 
     /// `SELECT 1`: is the database reachable?
     pub async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1")
-            .execute(&self.pool)
-            .await
-            .map(|_| ())
+        let pool = match self.sqlite() {
+            Ok(pool) => pool,
+            Err(pg) => return pg.ping().await,
+        };
+        sqlx::query("SELECT 1").execute(pool).await?;
+        Ok(())
     }
 
     /// The database key of a user id (None: the user has never been written).
-    async fn user_key(&self, user: &UserId) -> Result<Option<i64>, StoreError> {
-        sqlx::query_scalar("SELECT id FROM users WHERE ext_id = ?")
+    async fn user_key(&self, pool: &SqlitePool, user: &UserId) -> Result<Option<i64>, StoreError> {
+        Ok(sqlx::query_scalar("SELECT id FROM users WHERE ext_id = ?")
             .bind(user.as_str())
-            .fetch_optional(&self.pool)
-            .await
+            .fetch_optional(pool)
+            .await?)
     }
 
     /// A page of a user's ratings (ordered by item key) and the user's total.
@@ -111,12 +152,16 @@ impl Store {
         limit: u32,
         offset: u64,
     ) -> Result<(Vec<StoredRating>, u64), StoreError> {
-        let Some(key) = self.user_key(user).await? else {
+        let pool = match self.sqlite() {
+            Ok(pool) => pool,
+            Err(pg) => return pg.list_ratings(user, limit, offset).await,
+        };
+        let Some(key) = self.user_key(pool, user).await? else {
             return Ok((Vec::new(), 0));
         };
         let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM ratings_now WHERE user_id = ?")
             .bind(key)
-            .fetch_one(&self.pool)
+            .fetch_one(pool)
             .await?;
         let rows: Vec<(String, f64, i64)> = sqlx::query_as(
             "SELECT i.ext_id, r.rating, r.ts FROM ratings_now r JOIN items i ON i.id = r.item_id \
@@ -125,7 +170,7 @@ impl Store {
         .bind(key)
         .bind(limit as i64)
         .bind(offset.min(i64::MAX as u64) as i64)
-        .fetch_all(&self.pool)
+        .fetch_all(pool)
         .await?;
         tracing::Span::current().record("total", total);
         let ratings = rows
@@ -142,14 +187,18 @@ impl Store {
     /// External ids of every item the user has rated (as of now, not as of the model).
     #[tracing::instrument(level = "debug", skip_all, fields(user = user.as_str(), items = Empty))]
     pub async fn rated_items(&self, user: &UserId) -> Result<Vec<String>, StoreError> {
-        let Some(key) = self.user_key(user).await? else {
+        let pool = match self.sqlite() {
+            Ok(pool) => pool,
+            Err(pg) => return pg.rated_items(user).await,
+        };
+        let Some(key) = self.user_key(pool, user).await? else {
             return Ok(Vec::new());
         };
         let items: Vec<String> = sqlx::query_scalar(
             "SELECT i.ext_id FROM ratings_now r JOIN items i ON i.id = r.item_id WHERE r.user_id = ?",
         )
         .bind(key)
-        .fetch_all(&self.pool)
+        .fetch_all(pool)
         .await?;
         tracing::Span::current().record("items", items.len());
         Ok(items)
@@ -203,8 +252,12 @@ impl Store {
         exclude_user: Option<&UserId>,
         exclude_item: Option<&ItemId>,
     ) -> Result<Vec<(String, f32)>, StoreError> {
+        let pool = match self.sqlite() {
+            Ok(pool) => pool,
+            Err(pg) => return pg.popular(n, exclude_user, exclude_item).await,
+        };
         let user_key = match exclude_user {
-            Some(u) => self.user_key(u).await?,
+            Some(u) => self.user_key(pool, u).await?,
             None => None,
         };
         let rows: Vec<(String, f64)> = sqlx::query_as(
@@ -217,7 +270,7 @@ impl Store {
         .bind(user_key.unwrap_or(0))
         .bind(exclude_item.map(|i| i.as_str()).unwrap_or(""))
         .bind(n.min(i64::MAX as usize) as i64)
-        .fetch_all(&self.pool)
+        .fetch_all(pool)
         .await?;
         Ok(rows.into_iter().map(|(i, s)| (i, s as f32)).collect())
     }
@@ -227,6 +280,10 @@ impl Store {
     /// count of the big table plus a probe per delta row.
     #[tracing::instrument(level = "debug", skip_all)]
     pub async fn count_ratings(&self) -> Result<u64, StoreError> {
+        let pool = match self.sqlite() {
+            Ok(pool) => pool,
+            Err(pg) => return pg.count_ratings().await,
+        };
         let n: i64 = sqlx::query_scalar(
             "SELECT (SELECT COUNT(*) FROM ratings) \
              + (SELECT COUNT(*) FROM ratings_delta d WHERE d.rating IS NOT NULL AND NOT EXISTS \
@@ -234,7 +291,7 @@ impl Store {
              - (SELECT COUNT(*) FROM ratings_delta d WHERE d.rating IS NULL AND EXISTS \
                 (SELECT 1 FROM ratings r WHERE r.user_id = d.user_id AND r.item_id = d.item_id))",
         )
-        .fetch_one(&self.pool)
+        .fetch_one(pool)
         .await?;
         Ok(n as u64)
     }
@@ -242,8 +299,12 @@ impl Store {
     /// True when the store holds at least one rating (cheap, unlike a count).
     #[tracing::instrument(level = "debug", skip_all)]
     pub async fn has_ratings(&self) -> Result<bool, StoreError> {
+        let pool = match self.sqlite() {
+            Ok(pool) => pool,
+            Err(pg) => return pg.has_ratings().await,
+        };
         let any: Option<i64> = sqlx::query_scalar("SELECT 1 FROM ratings_now LIMIT 1")
-            .fetch_optional(&self.pool)
+            .fetch_optional(pool)
             .await?;
         Ok(any.is_some())
     }
@@ -253,8 +314,13 @@ impl Store {
     /// (on a dedicated connection, off the async runtime: see `scan.rs`).
     #[tracing::instrument(skip_all, fields(users = Empty, items = Empty, ratings = Empty))]
     pub async fn load_training_rows(&self) -> anyhow::Result<TrainingRows> {
-        let path = self.path();
-        let rows = tokio::task::spawn_blocking(move || scan::training_rows(&path)).await??;
+        let rows = match &self.backend {
+            Backend::Sqlite(pool) => {
+                let path = pool.connect_options().get_filename().to_owned();
+                tokio::task::spawn_blocking(move || scan::training_rows(&path)).await??
+            }
+            Backend::Postgres(pg) => pg.training_rows().await?,
+        };
         let span = tracing::Span::current();
         span.record("users", rows.users.len());
         span.record("items", rows.items.len());
@@ -265,6 +331,10 @@ impl Store {
     /// Records a published snapshot's metadata.
     #[tracing::instrument(skip_all, fields(version = row.version))]
     pub async fn insert_model_row(&self, row: &ModelRow) -> Result<(), StoreError> {
+        let pool = match self.sqlite() {
+            Ok(pool) => pool,
+            Err(pg) => return pg.insert_model_row(row).await,
+        };
         sqlx::query(
             "INSERT INTO model (version, file, trained_at, trainer, n_users, n_items, n_ratings, \
              n_holdout, train_rmse, holdout_rmse, train_secs) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -280,19 +350,23 @@ impl Store {
         .bind(row.train_rmse)
         .bind(row.holdout_rmse)
         .bind(row.train_secs)
-        .execute(&self.pool)
-        .await
-        .map(|_| ())
+        .execute(pool)
+        .await?;
+        Ok(())
     }
 
     /// Every recorded snapshot, newest first.
     #[tracing::instrument(level = "debug", skip_all, fields(rows = Empty))]
     pub async fn model_rows(&self) -> Result<Vec<ModelRow>, StoreError> {
+        let pool = match self.sqlite() {
+            Ok(pool) => pool,
+            Err(pg) => return pg.model_rows().await,
+        };
         let rows: Vec<ModelRow> = sqlx::query_as(
             "SELECT version, file, trained_at, trainer, n_users, n_items, n_ratings, n_holdout, \
              train_rmse, holdout_rmse, train_secs FROM model ORDER BY version DESC",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(pool)
         .await?;
         tracing::Span::current().record("rows", rows.len());
         Ok(rows)
@@ -309,8 +383,14 @@ impl Store {
     where
         I: Iterator<Item = anyhow::Result<ImportRow>>,
     {
-        let _lock = lock::StoreLock::for_import(&self.path())?;
-        let stats = bulk::import(&self.pool, rows, on_progress).await?;
+        let stats = match &self.backend {
+            Backend::Sqlite(pool) => {
+                let path = pool.connect_options().get_filename().to_owned();
+                let _lock = lock::StoreLock::for_import(&path)?;
+                bulk::import(pool, rows, on_progress).await?
+            }
+            Backend::Postgres(pg) => pg.bulk_import(rows, on_progress).await?,
+        };
         let span = tracing::Span::current();
         span.record("rows", stats.rows);
         span.record("new_users", stats.new_users);

@@ -8,11 +8,15 @@ use std::time::Duration;
 
 /// Opens the pool (creating the file) and applies pending migrations.
 pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<SqlitePool> {
+    let shown = crate::config::redact_url(url);
     if !url.starts_with("sqlite:") {
-        bail!("unsupported database URL {url:?}: this build supports sqlite:// only");
+        bail!(
+            "unsupported database URL {shown:?}: storage.database_url must be empty, \
+             sqlite://FILE or postgres://USER@HOST:PORT/DATABASE"
+        );
     }
     let opts = SqliteConnectOptions::from_str(url)
-        .with_context(|| format!("bad database URL {url:?}"))?
+        .with_context(|| format!("bad database URL {shown:?}"))?
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
         // NORMAL in WAL mode: a committed transaction survives a process crash.
@@ -24,7 +28,7 @@ pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<SqlitePo
         .acquire_timeout(Duration::from_secs(10))
         .connect_with(opts)
         .await
-        .with_context(|| format!("opening database {url}"))?;
+        .with_context(|| format!("opening database {shown}"))?;
     sqlx::migrate!("./migrations/sqlite")
         .run(&pool)
         .await

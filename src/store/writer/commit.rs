@@ -4,7 +4,7 @@ use crate::domain::{ItemId, NewRating, UserId};
 use crate::rated::RecentWrites;
 use crate::store::keys::{Keys, Table};
 use crate::store::StoreError;
-use rusqlite::{params, Connection, ErrorCode, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::oneshot;
 
 /// Writes (and deletions, with a NULL rating) go to the delta; see the migration
@@ -14,20 +14,20 @@ const UPSERT_DELTA: &str = "INSERT INTO ratings_delta (user_id, item_id, rating,
      ON CONFLICT (user_id, item_id) DO UPDATE SET rating = excluded.rating, ts = excluded.ts";
 
 /// What one request asks the writer to do.
-pub(super) enum Op {
+pub(in crate::store) enum Op {
     Upsert(Vec<NewRating>),
     Delete(UserId, ItemId),
 }
 
 /// A request and where its answer goes.
-pub(super) struct Job {
-    pub(super) op: Op,
-    pub(super) reply: oneshot::Sender<Result<bool, StoreError>>,
+pub(in crate::store) struct Job {
+    pub(in crate::store) op: Op,
+    pub(in crate::store) reply: oneshot::Sender<Result<bool, StoreError>>,
 }
 
 impl Job {
     /// Ratings the job writes (a deletion counts one).
-    pub(super) fn size(&self) -> usize {
+    pub(in crate::store) fn size(&self) -> usize {
         match &self.op {
             Op::Upsert(r) => r.len(),
             Op::Delete(..) => 1,
@@ -222,7 +222,11 @@ fn run_job(conn: &Connection, keys: &mut Keys, op: &Op) -> rusqlite::Result<bool
 }
 
 /// Records the committed jobs (in order) and answers every job.
-fn answer(recent: &RecentWrites, group: &mut Vec<Job>, results: Vec<Result<bool, StoreError>>) {
+pub(in crate::store) fn answer(
+    recent: &RecentWrites,
+    group: &mut Vec<Job>,
+    results: Vec<Result<bool, StoreError>>,
+) {
     for (job, r) in group.drain(..).zip(results) {
         if r.is_ok() {
             match &job.op {
@@ -241,15 +245,7 @@ fn answer(recent: &RecentWrites, group: &mut Vec<Job>, results: Vec<Result<bool,
     }
 }
 
-/// The store's error for a failed statement: a busy or locked database is
-/// unavailability (503, try again), a failing disk is I/O (503), anything else is
-/// internal (500).
+/// The store's error for a failed statement (see [`StoreError`]'s `From<rusqlite::Error>`).
 fn store_error(e: &rusqlite::Error) -> StoreError {
-    match e.sqlite_error_code() {
-        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => StoreError::PoolTimedOut,
-        Some(ErrorCode::DiskFull | ErrorCode::SystemIoFailure | ErrorCode::CannotOpen) => {
-            StoreError::Io(std::io::Error::other(e.to_string()))
-        }
-        _ => StoreError::Protocol(e.to_string()),
-    }
+    StoreError::from(e)
 }

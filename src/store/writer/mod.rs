@@ -27,7 +27,7 @@
 //! While it runs, the writer holds the store's lock shared (`lock.rs`), so
 //! `funkrec import` refuses to run against the store.
 
-mod commit;
+pub(super) mod commit;
 mod fold;
 #[cfg(test)]
 mod tests;
@@ -60,7 +60,7 @@ const FOLD_AT: usize = 50_000;
 /// With nothing received for this long, the writer folds what is left in the delta.
 const IDLE_FOLD: Duration = Duration::from_secs(1);
 
-enum Msg {
+pub(super) enum Msg {
     Job(Job),
     /// Commit what is queued, then end.
     Stop,
@@ -117,17 +117,35 @@ impl Writer {
     /// Takes the store's lock (shared: refused while `funkrec import` runs), opens the
     /// writer's own connection to the store's database, loads the id keys and starts
     /// the thread.
+    /// On PostgreSQL the writer is a task on the async runtime instead (see
+    /// `postgres/writer.rs`), with the same group commit and answers.
     pub fn start(store: &Store, recent: Arc<RecentWrites>) -> anyhow::Result<(Writer, WriterTask)> {
-        Writer::start_with(store, recent, Tuning::default())
+        match &store.backend {
+            crate::store::Backend::Postgres(pg) => {
+                let (tx, rx) = flume::bounded(QUEUE);
+                let (done_tx, done) = oneshot::channel();
+                let pool = pg.pool().clone();
+                tokio::spawn(async move {
+                    crate::store::postgres::writer::run(pool, rx, recent).await;
+                    let _ = done_tx.send(());
+                });
+                Ok((Writer { tx: tx.clone() }, WriterTask { tx, done }))
+            }
+            crate::store::Backend::Sqlite(_) => {
+                Writer::start_with(store, recent, Tuning::default())
+            }
+        }
     }
 
-    #[tracing::instrument(name = "writer_start", skip_all, fields(db = %store.path().display()))]
+    #[tracing::instrument(name = "writer_start", skip_all)]
     fn start_with(
         store: &Store,
         recent: Arc<RecentWrites>,
         tuning: Tuning,
     ) -> anyhow::Result<(Writer, WriterTask)> {
-        let path = store.path();
+        let path = store
+            .path()
+            .context("the SQLite writer needs a SQLite store")?;
         let lock = StoreLock::for_server(&path)?;
         let conn = Connection::open_with_flags(
             &path,
@@ -193,8 +211,8 @@ impl Writer {
         self.tx
             .send_async(Msg::Job(Job { op, reply }))
             .await
-            .map_err(|_| StoreError::PoolClosed)?;
-        answer.await.map_err(|_| StoreError::PoolClosed)?
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
     }
 }
 

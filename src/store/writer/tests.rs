@@ -52,7 +52,7 @@ async fn a_failing_request_does_not_fail_the_others_in_its_group() {
         "CREATE TRIGGER boom BEFORE INSERT ON ratings_delta WHEN NEW.rating = 2.5 \
          BEGIN SELECT RAISE(ABORT, 'boom'); END",
     )
-    .execute(&store.pool)
+    .execute(store.sqlite().unwrap())
     .await
     .unwrap();
     let recent = Arc::new(RecentWrites::new());
@@ -103,7 +103,7 @@ async fn reads_see_the_delta_over_the_table_across_folds() {
     let (_dir, store) = temp_store().await;
     let recent = Arc::new(RecentWrites::new());
     let (writer, task) = Writer::start_with(&store, recent.clone(), no_idle_fold()).unwrap();
-    let mut folder = Connection::open(store.path()).unwrap();
+    let mut folder = Connection::open(store.path().unwrap()).unwrap();
     folder.busy_timeout(Duration::from_secs(10)).unwrap();
 
     let mut model: BTreeMap<(String, String), f32> = BTreeMap::new();
@@ -190,7 +190,7 @@ async fn reads_see_the_delta_over_the_table_across_folds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_writer_folds_the_delta() {
     let (_dir, store) = temp_store().await;
-    let conn = Connection::open(store.path()).unwrap();
+    let conn = Connection::open(store.path().unwrap()).unwrap();
     let count = |table: &str| -> i64 {
         conn.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))
             .unwrap()
@@ -256,7 +256,7 @@ async fn import_after_service_writes_wins_over_the_delta() {
         .unwrap());
     drop(writer);
     task.finish().await;
-    let conn = Connection::open(store.path()).unwrap();
+    let conn = Connection::open(store.path().unwrap()).unwrap();
     let delta: i64 = conn
         .query_row("SELECT COUNT(*) FROM ratings_delta", [], |r| r.get(0))
         .unwrap();
@@ -276,7 +276,7 @@ async fn import_after_service_writes_wins_over_the_delta() {
 #[tokio::test]
 async fn per_user_reads_of_the_view_search_both_tables_by_key() {
     let (_dir, store) = temp_store().await;
-    let conn = Connection::open(store.path()).unwrap();
+    let conn = Connection::open(store.path().unwrap()).unwrap();
     for sql in [
         "SELECT COUNT(*) FROM ratings_now WHERE user_id = ?1",
         "SELECT i.ext_id, r.rating, r.ts FROM ratings_now r JOIN items i ON i.id = r.item_id \

@@ -1,0 +1,576 @@
+//! The store contract: every store operation, run against SQLite and against PostgreSQL, must behave the same.
+//!
+//! Each case runs twice: `sqlite` (a temporary file) and `postgres` (a database of its
+//! own on the server at `FUNKREC_TEST_PG_URL`, default
+//! `postgres://postgres@127.0.0.1:5432/postgres`, created for the test and dropped
+//! afterwards). When that server does not answer, the PostgreSQL cases print
+//! `skipped: ...` and return, unless `FUNKREC_TEST_PG_REQUIRED=1` (CI sets it), which
+//! makes them fail instead.
+
+use funkrec::config::Settings;
+use funkrec::domain::{ItemId, NewRating, RatingValue, UserId};
+use funkrec::rated::RecentWrites;
+use funkrec::store::{ImportRow, ModelRow, Store, StoreError, Writer, WriterTask};
+use funkrec_engine::Scale;
+use sqlx::Connection;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+const DEFAULT_PG_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A fresh, migrated store of one backend and what must be removed afterwards.
+struct TestDb {
+    backend: Backend,
+    settings: Settings,
+    store: Store,
+    _dir: tempfile::TempDir,
+    /// (server URL of the maintenance database, name of this test's database)
+    pg: Option<(String, String)>,
+}
+
+fn pg_admin_url() -> String {
+    std::env::var("FUNKREC_TEST_PG_URL").unwrap_or_else(|_| DEFAULT_PG_URL.to_owned())
+}
+
+/// `url` with its database name replaced by `db`.
+fn with_database(url: &str, db: &str) -> String {
+    let base = url.split('?').next().unwrap_or(url);
+    let cut = base
+        .rfind('/')
+        .filter(|&i| i > "postgres://".len())
+        .unwrap_or(base.len());
+    format!("{}/{db}", &base[..cut])
+}
+
+/// Creates a database of its own for one test (None, with a printed notice, when the
+/// server does not answer and PostgreSQL is not required).
+async fn create_pg_database(test: &str) -> Option<(String, String)> {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let admin = pg_admin_url();
+    let shown = funkrec::config::redact_url(&admin);
+    let mut conn = match sqlx::PgConnection::connect(&admin).await {
+        Ok(c) => c,
+        Err(e) => {
+            if std::env::var("FUNKREC_TEST_PG_REQUIRED").is_ok_and(|v| v == "1") {
+                panic!(
+                    "PostgreSQL at {shown} does not answer ({e}) and FUNKREC_TEST_PG_REQUIRED=1"
+                );
+            }
+            // Straight to stderr: the test harness captures `eprintln!` of passing tests.
+            let notice = format!(
+                "skipped: {test} on PostgreSQL: the server at {shown} does not answer ({e}); \
+                 set FUNKREC_TEST_PG_URL to run it\n"
+            );
+            let _ = std::io::Write::write_all(&mut std::io::stderr(), notice.as_bytes());
+            return None;
+        }
+    };
+    let name = format!(
+        "funkrec_test_{}_{}_{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed),
+        test.chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .take(30)
+            .collect::<String>()
+    );
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    Some((admin, name))
+}
+
+impl TestDb {
+    async fn open(backend: Backend, test: &str) -> Option<TestDb> {
+        let dir = tempfile::tempdir().unwrap();
+        let mut settings = Settings::default();
+        settings.storage.data_dir = dir.path().to_path_buf();
+        let pg = match backend {
+            Backend::Sqlite => None,
+            Backend::Postgres => {
+                let (admin, name) = create_pg_database(test).await?;
+                settings.storage.database_url = with_database(&admin, &name);
+                Some((admin, name))
+            }
+        };
+        let store = Store::connect(&settings).await.unwrap();
+        assert_eq!(
+            store.backend_name(),
+            match backend {
+                Backend::Sqlite => "sqlite",
+                Backend::Postgres => "postgres",
+            }
+        );
+        Some(TestDb {
+            backend,
+            settings,
+            store,
+            _dir: dir,
+            pg,
+        })
+    }
+
+    fn writer(&self) -> (Writer, WriterTask) {
+        Writer::start(&self.store, Arc::new(RecentWrites::new())).unwrap()
+    }
+
+    /// Raw SQL on the test's database, outside the store (to inject faults).
+    async fn execute(&self, sql: &str) {
+        let url = self.settings.database_url();
+        match self.backend {
+            Backend::Sqlite => {
+                let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
+                sqlx::raw_sql(sql).execute(&mut c).await.unwrap();
+            }
+            Backend::Postgres => {
+                let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
+                sqlx::raw_sql(sql).execute(&mut c).await.unwrap();
+            }
+        }
+    }
+
+    /// Makes the database refuse any rating of 2.5 with the message "boom".
+    async fn refuse_2_5(&self) {
+        match self.backend {
+            Backend::Sqlite => {
+                self.execute(
+                    "CREATE TRIGGER boom BEFORE INSERT ON ratings_delta WHEN NEW.rating = 2.5 \
+                     BEGIN SELECT RAISE(ABORT, 'boom'); END",
+                )
+                .await
+            }
+            Backend::Postgres => {
+                self.execute(
+                    "CREATE FUNCTION boom() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+                     IF NEW.rating = 2.5 THEN RAISE EXCEPTION 'boom'; END IF; RETURN NEW; END $$; \
+                     CREATE TRIGGER boom BEFORE INSERT ON ratings FOR EACH ROW EXECUTE FUNCTION boom();",
+                )
+                .await
+            }
+        }
+    }
+
+    async fn close(mut self) {
+        self.store.close().await;
+        if let Some((admin, name)) = self.pg.take() {
+            drop_database(&admin, &name).await;
+        }
+    }
+}
+
+async fn drop_database(admin: &str, name: &str) {
+    let mut conn = sqlx::PgConnection::connect(admin).await.unwrap();
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+}
+
+impl Drop for TestDb {
+    /// A test that failed before `close` still drops its database (on a thread of
+    /// its own: this may run inside the test's runtime).
+    fn drop(&mut self) {
+        if let Some((admin, name)) = self.pg.take() {
+            let _ = std::thread::spawn(move || {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap()
+                    .block_on(drop_database(&admin, &name))
+            })
+            .join();
+        }
+    }
+}
+
+/// Runs one contract case on both backends (two tests: `NAME::sqlite`, `NAME::postgres`).
+macro_rules! contract {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                let db = super::TestDb::open(super::Backend::Sqlite, stringify!($name))
+                    .await
+                    .unwrap();
+                super::$name(&db).await;
+                db.close().await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                let Some(db) =
+                    super::TestDb::open(super::Backend::Postgres, stringify!($name)).await
+                else {
+                    return;
+                };
+                super::$name(&db).await;
+                db.close().await;
+            }
+        }
+    };
+}
+
+fn rating(user: &str, item: &str, value: f32, ts: i64) -> NewRating {
+    NewRating {
+        user: UserId::parse(user).unwrap(),
+        item: ItemId::parse(item).unwrap(),
+        value: RatingValue::parse(value as f64, &Scale { min: 1.0, max: 5.0 }).unwrap(),
+        timestamp: ts,
+    }
+}
+
+fn uid(s: &str) -> UserId {
+    UserId::parse(s).unwrap()
+}
+
+fn iid(s: &str) -> ItemId {
+    ItemId::parse(s).unwrap()
+}
+
+/// (item, rating, timestamp) of all of a user's ratings.
+async fn all_of(store: &Store, user: &str) -> Vec<(String, f32, i64)> {
+    let (rows, total) = store.list_ratings(&uid(user), 1000, 0).await.unwrap();
+    assert_eq!(rows.len() as u64, total);
+    rows.into_iter()
+        .map(|r| (r.item, r.rating, r.timestamp))
+        .collect()
+}
+
+fn triples(v: &[(&str, f32, i64)]) -> Vec<(String, f32, i64)> {
+    v.iter().map(|&(i, r, t)| (i.to_owned(), r, t)).collect()
+}
+
+contract!(writes_rewrites_and_counts);
+async fn writes_rewrites_and_counts(db: &TestDb) {
+    let store = &db.store;
+    assert!(!store.has_ratings().await.unwrap());
+    assert_eq!(store.count_ratings().await.unwrap(), 0);
+    assert_eq!(
+        store.list_ratings(&uid("nobody"), 10, 0).await.unwrap(),
+        (vec![], 0)
+    );
+    let (w, task) = db.writer();
+    w.upsert(vec![
+        rating("u1", "b", 4.0, 10),
+        rating("u1", "a", 3.0, 11),
+        rating("u2", "a", 5.0, 12),
+    ])
+    .await
+    .unwrap();
+    assert!(store.has_ratings().await.unwrap());
+    assert_eq!(store.count_ratings().await.unwrap(), 3);
+    // ordered by item key: "b" was written first
+    assert_eq!(
+        all_of(store, "u1").await,
+        triples(&[("b", 4.0, 10), ("a", 3.0, 11)])
+    );
+    // a re-write replaces; within a batch the later rating of a pair wins
+    w.upsert(vec![rating("u1", "b", 1.0, 20), rating("u1", "b", 2.0, 21)])
+        .await
+        .unwrap();
+    assert_eq!(
+        all_of(store, "u1").await,
+        triples(&[("b", 2.0, 21), ("a", 3.0, 11)])
+    );
+    assert_eq!(store.count_ratings().await.unwrap(), 3);
+    task.finish().await;
+}
+
+contract!(deletes);
+async fn deletes(db: &TestDb) {
+    let store = &db.store;
+    let (w, task) = db.writer();
+    w.upsert(vec![rating("u", "a", 4.0, 1), rating("u", "b", 3.0, 1)])
+        .await
+        .unwrap();
+    assert!(w.delete(uid("u"), iid("a")).await.unwrap());
+    assert!(!w.delete(uid("u"), iid("a")).await.unwrap(), "already gone");
+    assert!(
+        !w.delete(uid("ghost"), iid("a")).await.unwrap(),
+        "unknown user"
+    );
+    assert!(
+        !w.delete(uid("u"), iid("ghost")).await.unwrap(),
+        "unknown item"
+    );
+    assert_eq!(all_of(store, "u").await, triples(&[("b", 3.0, 1)]));
+    assert_eq!(store.count_ratings().await.unwrap(), 1);
+    assert_eq!(
+        store.rated_items(&uid("u")).await.unwrap(),
+        vec!["b".to_owned()]
+    );
+    // deleted, then written again
+    w.upsert(vec![rating("u", "a", 5.0, 2)]).await.unwrap();
+    assert_eq!(
+        all_of(store, "u").await,
+        triples(&[("a", 5.0, 2), ("b", 3.0, 1)])
+    );
+    // the last rating deleted: nothing left
+    assert!(w.delete(uid("u"), iid("a")).await.unwrap());
+    assert!(w.delete(uid("u"), iid("b")).await.unwrap());
+    assert!(!store.has_ratings().await.unwrap());
+    assert_eq!(
+        store.list_ratings(&uid("u"), 10, 0).await.unwrap(),
+        (vec![], 0)
+    );
+    task.finish().await;
+}
+
+contract!(batches_are_all_or_nothing);
+async fn batches_are_all_or_nothing(db: &TestDb) {
+    let store = &db.store;
+    db.refuse_2_5().await;
+    let (w, task) = db.writer();
+    // sent together, so they may share a group: the failing batch fails alone
+    let (a, bad, c) = tokio::join!(
+        w.upsert(vec![rating("u", "a", 4.0, 1)]),
+        w.upsert(vec![rating("v", "x", 3.0, 1), rating("v", "y", 2.5, 1)]),
+        w.upsert(vec![rating("w", "c", 5.0, 1)]),
+    );
+    assert!(a.is_ok() && c.is_ok(), "{a:?} {c:?}");
+    let err = bad.unwrap_err();
+    assert!(matches!(err, StoreError::Internal(_)), "{err:?}");
+    assert!(err.to_string().contains("boom"), "{err}");
+    assert_eq!(
+        store.count_ratings().await.unwrap(),
+        2,
+        "v/x rolled back with v/y"
+    );
+    assert_eq!(
+        store.list_ratings(&uid("v"), 10, 0).await.unwrap(),
+        (vec![], 0)
+    );
+    // the writer keeps working, and the user the failed batch created is usable
+    w.upsert(vec![rating("v", "x", 3.0, 2)]).await.unwrap();
+    assert_eq!(all_of(store, "v").await, triples(&[("x", 3.0, 2)]));
+    let rows = store.load_training_rows().await.unwrap();
+    assert_eq!(rows.ratings.len(), 3);
+    task.finish().await;
+}
+
+contract!(paging);
+async fn paging(db: &TestDb) {
+    let store = &db.store;
+    let (w, task) = db.writer();
+    let batch: Vec<NewRating> = (0..25)
+        .map(|k| rating("u", &format!("item{:02}", 24 - k), 1.0 + (k % 5) as f32, k))
+        .collect();
+    w.upsert(batch).await.unwrap();
+    let mut seen = Vec::new();
+    for offset in [0u64, 10, 20] {
+        let (page, total) = store.list_ratings(&uid("u"), 10, offset).await.unwrap();
+        assert_eq!(total, 25);
+        assert_eq!(page.len(), if offset == 20 { 5 } else { 10 });
+        seen.extend(page.into_iter().map(|r| r.item));
+    }
+    let want: Vec<String> = (0..25).map(|k| format!("item{:02}", 24 - k)).collect();
+    assert_eq!(seen, want, "item key order = order of first write");
+    let (page, total) = store.list_ratings(&uid("u"), 10, 1000).await.unwrap();
+    assert!(page.is_empty());
+    assert_eq!(total, 25);
+    let (page, _) = store.list_ratings(&uid("u"), 3, u64::MAX).await.unwrap();
+    assert!(
+        page.is_empty(),
+        "a huge offset is an empty page, not an error"
+    );
+    task.finish().await;
+}
+
+contract!(rated_sets_and_popular);
+async fn rated_sets_and_popular(db: &TestDb) {
+    let store = &db.store;
+    assert!(store.popular(5, None, None).await.unwrap().is_empty());
+    let (w, task) = db.writer();
+    let mut batch = Vec::new();
+    // item "top": 5s from 4 users; "mid": 3s; "low": 1s; "solo": one 5
+    for u in ["u1", "u2", "u3", "u4"] {
+        batch.push(rating(u, "top", 5.0, 1));
+        batch.push(rating(u, "mid", 3.0, 1));
+        batch.push(rating(u, "low", 1.0, 1));
+    }
+    batch.push(rating("u5", "solo", 5.0, 1));
+    w.upsert(batch).await.unwrap();
+    let mut rated = store.rated_items(&uid("u1")).await.unwrap();
+    rated.sort();
+    assert_eq!(rated, vec!["low", "mid", "top"]);
+    assert!(store.rated_items(&uid("nobody")).await.unwrap().is_empty());
+
+    let names = |v: Vec<(String, f32)>| v.into_iter().map(|(i, _)| i).collect::<Vec<_>>();
+    let all = store.popular(10, None, None).await.unwrap();
+    // mean μ = (20 + 12 + 4 + 5) / 13; damped: top (20+10μ)/14, solo (5+10μ)/11, ...
+    let mu = 41.0 / 13.0;
+    let top = (20.0 + 10.0 * mu) / 14.0;
+    assert!((all[0].1 - top as f32).abs() < 1e-4, "{all:?}");
+    assert_eq!(names(all), vec!["top", "solo", "mid", "low"]);
+    assert_eq!(
+        names(store.popular(10, Some(&uid("u5")), None).await.unwrap()),
+        vec!["top", "mid", "low"],
+        "u5's items are left out"
+    );
+    assert_eq!(
+        names(
+            store
+                .popular(2, Some(&uid("u1")), Some(&iid("top")))
+                .await
+                .unwrap()
+        ),
+        vec!["solo"]
+    );
+    assert_eq!(
+        names(
+            store
+                .popular(2, Some(&uid("nobody")), Some(&iid("top")))
+                .await
+                .unwrap()
+        ),
+        vec!["solo", "mid"]
+    );
+    task.finish().await;
+}
+
+contract!(training_scan);
+async fn training_scan(db: &TestDb) {
+    let store = &db.store;
+    let empty = store.load_training_rows().await.unwrap();
+    assert!(empty.users.is_empty() && empty.items.is_empty() && empty.ratings.is_empty());
+    let (w, task) = db.writer();
+    w.upsert(vec![
+        rating("v", "b", 2.0, 1),
+        rating("u", "a", 4.0, 1),
+        rating("v", "a", 5.0, 1),
+    ])
+    .await
+    .unwrap();
+    w.upsert(vec![rating("u", "b", 3.5, 2)]).await.unwrap();
+    assert!(w.delete(uid("v"), iid("b")).await.unwrap());
+    let rows = store.load_training_rows().await.unwrap();
+    let ids = |v: &[(i64, String)]| v.iter().map(|(_, s)| s.clone()).collect::<Vec<_>>();
+    assert_eq!(ids(&rows.users), vec!["v", "u"], "key order");
+    assert_eq!(ids(&rows.items), vec!["b", "a"]);
+    let key = |v: &[(i64, String)], s: &str| v.iter().find(|(_, x)| x == s).unwrap().0 as u32;
+    let (v, u) = (key(&rows.users, "v"), key(&rows.users, "u"));
+    let (b, a) = (key(&rows.items, "b"), key(&rows.items, "a"));
+    assert!(v < u && b < a, "keys follow the order of first write");
+    assert_eq!(rows.ratings, vec![(v, a, 5.0), (u, b, 3.5), (u, a, 4.0)]);
+    task.finish().await;
+}
+
+contract!(model_rows);
+async fn model_rows(db: &TestDb) {
+    let store = &db.store;
+    assert!(store.model_rows().await.unwrap().is_empty());
+    let row = |version: i64, holdout: Option<f64>| ModelRow {
+        version,
+        file: format!("model-{version}.bin"),
+        trained_at: "2026-11-30T05:00:00Z".into(),
+        trainer: "sgd".into(),
+        n_users: 10,
+        n_items: 20,
+        n_ratings: 300,
+        n_holdout: 6,
+        train_rmse: Some(0.75),
+        holdout_rmse: holdout,
+        train_secs: 1.5,
+    };
+    store.insert_model_row(&row(1, Some(0.9))).await.unwrap();
+    store.insert_model_row(&row(2, None)).await.unwrap();
+    assert_eq!(
+        store.model_rows().await.unwrap(),
+        vec![row(2, None), row(1, Some(0.9))]
+    );
+    let dup = store.insert_model_row(&row(2, None)).await.unwrap_err();
+    assert!(
+        !dup.is_unavailable(),
+        "a duplicate version is not a 503: {dup:?}"
+    );
+}
+
+fn import_row(user: &str, item: &str, rating: f32, timestamp: i64) -> anyhow::Result<ImportRow> {
+    Ok(ImportRow {
+        user: user.into(),
+        item: item.into(),
+        rating,
+        timestamp,
+    })
+}
+
+contract!(import);
+async fn import(db: &TestDb) {
+    let store = &db.store;
+    // service writes first (the writer is stopped before the import: SQLite's import
+    // needs the store to itself)
+    let (w, task) = db.writer();
+    w.upsert(vec![rating("old", "a", 1.0, 1), rating("u1", "a", 1.0, 1)])
+        .await
+        .unwrap();
+    assert!(w.delete(uid("old"), iid("a")).await.unwrap());
+    task.finish().await;
+    let rows = vec![
+        import_row("u1", "a", 4.0, 10),
+        import_row("u2", "a", 3.0, 11),
+        import_row("u2", "b", 2.0, 12),
+        import_row("u2", "b", 5.0, 13),
+    ];
+    let mut progress = Vec::new();
+    let stats = store
+        .bulk_import(rows.into_iter(), &mut |n| progress.push(n))
+        .await
+        .unwrap();
+    assert_eq!((stats.rows, stats.new_users, stats.new_items), (4, 1, 1));
+    assert_eq!(progress.last(), Some(&4));
+    assert_eq!(
+        all_of(store, "u1").await,
+        triples(&[("a", 4.0, 10)]),
+        "import replaces"
+    );
+    assert_eq!(
+        all_of(store, "u2").await,
+        triples(&[("a", 3.0, 11), ("b", 5.0, 13)]),
+        "later row wins"
+    );
+    assert!(all_of(store, "old").await.is_empty(), "the deletion stays");
+    assert_eq!(store.count_ratings().await.unwrap(), 3);
+    // the service's writes after the import replace the import's
+    let (w, task) = db.writer();
+    w.upsert(vec![rating("u2", "b", 1.0, 20)]).await.unwrap();
+    assert_eq!(
+        all_of(store, "u2").await,
+        triples(&[("a", 3.0, 11), ("b", 1.0, 20)])
+    );
+    task.finish().await;
+    let scan = store.load_training_rows().await.unwrap();
+    assert_eq!(scan.ratings.len(), 3);
+}
+
+contract!(import_input_error_keeps_nothing_of_its_transaction);
+async fn import_input_error_keeps_nothing_of_its_transaction(db: &TestDb) {
+    let store = &db.store;
+    let rows = vec![
+        import_row("u1", "a", 4.0, 10),
+        Err(anyhow::anyhow!("line 2: bad rating")),
+        import_row("u2", "a", 3.0, 11),
+    ];
+    let err = store
+        .bulk_import(rows.into_iter(), &mut |_| {})
+        .await
+        .unwrap_err();
+    assert!(format!("{err:#}").contains("line 2: bad rating"), "{err:#}");
+    assert_eq!(store.count_ratings().await.unwrap(), 0);
+    // a good import afterwards works
+    let stats = store
+        .bulk_import(
+            vec![import_row("u1", "a", 4.0, 10)].into_iter(),
+            &mut |_| {},
+        )
+        .await
+        .unwrap();
+    assert_eq!(stats.rows, 1);
+    assert_eq!(store.count_ratings().await.unwrap(), 1);
+}
