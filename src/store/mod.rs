@@ -207,7 +207,11 @@ impl Store {
     /// Every rating of the user as of now, (item id, rating): what fold-in solves from.
     #[tracing::instrument(level = "debug", skip_all, fields(user = user.as_str(), items = Empty))]
     pub async fn user_ratings(&self, user: &UserId) -> Result<Vec<(String, f32)>, StoreError> {
-        let Some(key) = self.user_key(user).await? else {
+        let pool = match self.sqlite() {
+            Ok(pool) => pool,
+            Err(pg) => return pg.user_ratings(user).await,
+        };
+        let Some(key) = self.user_key(pool, user).await? else {
             return Ok(Vec::new());
         };
         let rows: Vec<(String, f64)> = sqlx::query_as(
@@ -215,7 +219,7 @@ impl Store {
              WHERE r.user_id = ?",
         )
         .bind(key)
-        .fetch_all(&self.pool)
+        .fetch_all(pool)
         .await?;
         tracing::Span::current().record("items", rows.len());
         Ok(rows.into_iter().map(|(i, r)| (i, r as f32)).collect())
@@ -226,20 +230,19 @@ impl Store {
     /// prediction before any model exists.
     #[tracing::instrument(level = "debug", skip_all)]
     pub async fn damped_mean(&self, item: &ItemId) -> Result<Option<f32>, StoreError> {
+        let pool = match self.sqlite() {
+            Ok(pool) => pool,
+            Err(pg) => return pg.damped_mean(item).await,
+        };
         let row: (Option<f64>, Option<f64>, i64) = sqlx::query_as(
             "SELECT (SELECT AVG(rating) FROM ratings_now), \
              (SELECT SUM(r.rating) FROM ratings_now r JOIN items i ON i.id = r.item_id WHERE i.ext_id = ?1), \
              (SELECT COUNT(*) FROM ratings_now r JOIN items i ON i.id = r.item_id WHERE i.ext_id = ?1)",
         )
         .bind(item.as_str())
-        .fetch_one(&self.pool)
+        .fetch_one(pool)
         .await?;
-        let mu = match row.0 {
-            Some(mu) => mu,
-            None => return Ok(None),
-        };
-        let (sum, n) = (row.1.unwrap_or(0.0), row.2 as f64);
-        Ok(Some(((sum + 10.0 * mu) / (n + 10.0)) as f32))
+        damped(row)
     }
 
     /// Damped-mean popularity straight from the store (the fallback before any
@@ -397,4 +400,14 @@ impl Store {
         span.record("new_items", stats.new_items);
         Ok(stats)
     }
+}
+
+/// The damped mean from (global mean, the item's sum, the item's count), m = 10;
+/// None when the store holds no rating (both backends answer `damped_mean` with it).
+fn damped(row: (Option<f64>, Option<f64>, i64)) -> Result<Option<f32>, StoreError> {
+    let Some(mu) = row.0 else {
+        return Ok(None);
+    };
+    let (sum, n) = (row.1.unwrap_or(0.0), row.2 as f64);
+    Ok(Some(((sum + 10.0 * mu) / (n + 10.0)) as f32))
 }

@@ -118,6 +118,33 @@ impl PgStore {
         .await?)
     }
 
+    pub(crate) async fn user_ratings(
+        &self,
+        user: &UserId,
+    ) -> Result<Vec<(String, f32)>, StoreError> {
+        let rows: Vec<(String, f64)> = sqlx::query_as(
+            "SELECT i.ext_id, r.rating FROM ratings r JOIN items i ON i.id = r.item_id \
+             WHERE r.user_id = (SELECT id FROM users WHERE ext_id = $1)",
+        )
+        .bind(user.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|(i, r)| (i, r as f32)).collect())
+    }
+
+    /// As SQLite's: the item's damped mean, or μ for an unrated item, None with no ratings.
+    pub(crate) async fn damped_mean(&self, item: &ItemId) -> Result<Option<f32>, StoreError> {
+        let row: (Option<f64>, Option<f64>, i64) = sqlx::query_as(
+            "SELECT (SELECT AVG(rating)::float8 FROM ratings), \
+             (SELECT SUM(r.rating)::float8 FROM ratings r JOIN items i ON i.id = r.item_id WHERE i.ext_id = $1), \
+             (SELECT COUNT(*) FROM ratings r JOIN items i ON i.id = r.item_id WHERE i.ext_id = $1)",
+        )
+        .bind(item.as_str())
+        .fetch_one(&self.pool)
+        .await?;
+        super::damped(row)
+    }
+
     /// As SQLite's: (s_i + m·μ)/(n_i + m) with m = 10, best first.
     pub(crate) async fn popular(
         &self,
