@@ -435,6 +435,36 @@ async fn rated_sets_and_popular(db: &TestDb) {
     task.finish().await;
 }
 
+contract!(user_ratings_and_damped_mean);
+async fn user_ratings_and_damped_mean(db: &TestDb) {
+    let store = &db.store;
+    assert_eq!(
+        store.damped_mean(&iid("a")).await.unwrap(),
+        None,
+        "no ratings yet"
+    );
+    let (w, task) = db.writer();
+    w.upsert(vec![
+        rating("u1", "a", 5.0, 1),
+        rating("u1", "b", 1.0, 1),
+        rating("u2", "a", 4.0, 1),
+    ])
+    .await
+    .unwrap();
+    w.upsert(vec![rating("u1", "b", 2.0, 2)]).await.unwrap();
+    let mut mine = store.user_ratings(&uid("u1")).await.unwrap();
+    mine.sort_by(|x, y| x.0.cmp(&y.0));
+    assert_eq!(mine, vec![("a".to_owned(), 5.0), ("b".to_owned(), 2.0)]);
+    assert!(store.user_ratings(&uid("nobody")).await.unwrap().is_empty());
+    // μ = 11/3; a: (9 + 10μ)/12; an unrated item gets μ
+    let mu = 11.0f64 / 3.0;
+    let a = store.damped_mean(&iid("a")).await.unwrap().unwrap();
+    assert!((a as f64 - (9.0 + 10.0 * mu) / 12.0).abs() < 1e-5, "{a}");
+    let unseen = store.damped_mean(&iid("zzz")).await.unwrap().unwrap();
+    assert!((unseen as f64 - mu).abs() < 1e-5, "{unseen}");
+    task.finish().await;
+}
+
 contract!(training_scan);
 async fn training_scan(db: &TestDb) {
     let store = &db.store;
