@@ -131,6 +131,7 @@ fn versions_on_disk(dir: &Path) -> BTreeSet<u64> {
 /// anywhere, so new versions never reuse a number.
 pub async fn load_newest(store: &Store, dir: &Path) -> anyhow::Result<(Option<Snapshot>, u64)> {
     std::fs::create_dir_all(dir)?;
+    remove_temp_files(dir);
     let rows: HashMap<u64, ModelRow> = store
         .model_rows()
         .await?
@@ -209,6 +210,26 @@ pub fn write_file(
     let path = dir.join(file_name(version));
     funkrec_engine::persist::save(model, &path)?;
     Ok(path)
+}
+
+/// Deletes the `*.tmp` files a snapshot write interrupted by a crash left in `dir`.
+pub fn remove_temp_files(dir: &Path) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.filter_map(|e| e.ok()) {
+        let path = e.path();
+        if path.extension().is_some_and(|x| x == "tmp") && path.is_file() {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {
+                    tracing::info!(path = %path.display(), "removed an unfinished snapshot file")
+                }
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "could not remove an unfinished snapshot file")
+                }
+            }
+        }
+    }
 }
 
 /// Deletes all but the `keep` newest snapshot files.

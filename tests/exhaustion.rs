@@ -325,20 +325,34 @@ fn fifteen_hundred_half_sent_headers_against_1024_open_files() {
     assert_eq!(accept_errors, 0, "accept failed (EMFILE?)");
 }
 
-#[test]
-fn sigterm_with_a_body_still_arriving_ends_at_the_shutdown_deadline() {
+/// A server (shutdown deadline `deadline_secs`) with 40 acknowledged ratings, a stalled
+/// header and a body still arriving, sent SIGTERM. A stalled header ends at shutdown; a
+/// body still arriving keeps its request open. Returns the data dir, the server, the
+/// stalled connections and the environment to restart with.
+fn terminate_while_busy(
+    deadline_secs: &'static str,
+) -> (
+    tempfile::TempDir,
+    Child13,
+    [TcpStream; 2],
+    [(&'static str, &'static str); 3],
+) {
     let dir = tempfile::tempdir().unwrap();
     let env = [
         ("FUNKREC__SERVER__HEADER_READ_TIMEOUT_SECS", "120"),
-        ("FUNKREC__SERVER__SHUTDOWN_TIMEOUT_SECS", "2"),
+        ("FUNKREC__SERVER__SHUTDOWN_TIMEOUT_SECS", deadline_secs),
         ("FUNKREC__SERVER__BODY_TIMEOUT_SECS", "120"),
     ];
-    let mut srv = Child13::start(dir.path(), &env, None);
+    let srv = Child13::start(dir.path(), &env, None);
     srv.post_acked("u", 40);
-    // a stalled header ends at shutdown; a body still arriving keeps its request open
-    let _stalled = stall_accepted(&srv.addr);
-    let _trickling = trickle_in_flight(&srv.addr);
+    let held = [stall_accepted(&srv.addr), trickle_in_flight(&srv.addr)];
     srv.signal(libc::SIGTERM);
+    (dir, srv, held, env)
+}
+
+#[test]
+fn sigterm_with_a_body_still_arriving_ends_at_the_shutdown_deadline() {
+    let (dir, mut srv, _held, env) = terminate_while_busy("2");
     let (status, took) = srv.wait_exit(Duration::from_secs(30));
     assert!(status.success(), "{status:?}");
     assert!(took < Duration::from_secs(10), "exited after {took:?}");
@@ -353,18 +367,7 @@ fn sigterm_with_a_body_still_arriving_ends_at_the_shutdown_deadline() {
 
 #[test]
 fn a_second_signal_exits_at_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let env = [
-        ("FUNKREC__SERVER__HEADER_READ_TIMEOUT_SECS", "120"),
-        ("FUNKREC__SERVER__SHUTDOWN_TIMEOUT_SECS", "120"),
-        ("FUNKREC__SERVER__BODY_TIMEOUT_SECS", "120"),
-    ];
-    let mut srv = Child13::start(dir.path(), &env, None);
-    srv.post_acked("u", 40);
-    // a stalled header ends at shutdown; a body still arriving keeps its request open
-    let _stalled = stall_accepted(&srv.addr);
-    let _trickling = trickle_in_flight(&srv.addr);
-    srv.signal(libc::SIGTERM);
+    let (dir, mut srv, _held, env) = terminate_while_busy("120");
     srv.wait_log(
         |v| v["message"] == "no longer accepting; waiting for open connections",
         Duration::from_secs(10),

@@ -12,9 +12,11 @@ use std::fmt;
 use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
 use utoipa::openapi::RefOr;
 
-/// The id rule as an ECMA-262 / Python regular expression (for the OpenAPI document):
-/// no control character (Unicode category Cc = U+0000–U+001F, U+007F–U+009F).
-pub const ID_PATTERN: &str = r"^[^\u0000-\u001F\u007F-\u009F]*$";
+/// The id rule as an ECMA-262 / Python regular expression (for the OpenAPI document): no
+/// leading or trailing whitespace, no control character (Cc) and no format character (Cf)
+/// of the Basic Multilingual Plane (a unit test checks the list against Unicode; the few
+/// Cf characters above U+FFFF cannot be written in a pattern both dialects read).
+pub const ID_PATTERN: &str = r"^(?!\s)(?!.*\s$)[^\u0000-\u001F\u007F-\u009F\u00AD\u0600-\u0605\u061C\u06DD\u070F\u0890-\u0891\u08E2\u180E\u200B-\u200F\u202A-\u202E\u2060-\u2064\u2066-\u206F\uFEFF\uFFF9-\uFFFB]*$";
 
 /// An id as it arrives in JSON: a string, or an integer normalised to its decimal form.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,7 +111,8 @@ impl utoipa::PartialSchema for RawId {
     fn schema() -> RefOr<Schema> {
         OneOfBuilder::new()
             .description(Some(
-                "1–128 characters without control characters, or an integer \
+                "1–128 characters (after NFC) without control or format characters and \
+                 without leading or trailing whitespace, or an integer \
                  (normalised to its decimal string)",
             ))
             .item(id_string_schema())
@@ -339,6 +342,40 @@ mod tests {
     use super::*;
     use crate::domain::{ItemId, UserId};
     use proptest::prelude::*;
+
+    #[test]
+    fn the_id_pattern_lists_every_bmp_control_and_format_character() {
+        use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
+        let class = ID_PATTERN
+            .split_once("[^")
+            .and_then(|(_, r)| r.split_once("]*$"))
+            .unwrap()
+            .0;
+        let mut ranges = Vec::new();
+        let hex = |h: &str| u32::from_str_radix(h, 16).unwrap();
+        for part in class.split("\\u").skip(1) {
+            match part.split_once('-') {
+                Some((a, "")) => ranges.push((hex(a), None)),
+                _ => {
+                    if let Some((lo, None)) = ranges.last().copied() {
+                        ranges.pop();
+                        ranges.push((lo, Some(hex(part))));
+                    } else {
+                        ranges.push((hex(part), Some(hex(part))));
+                    }
+                }
+            }
+        }
+        let listed = |c: u32| {
+            ranges
+                .iter()
+                .any(|&(lo, hi)| (lo..=hi.unwrap()).contains(&c))
+        };
+        for c in (0..=0xFFFFu32).filter_map(char::from_u32) {
+            let refused = c.is_control() || c.general_category() == GeneralCategory::Format;
+            assert_eq!(listed(c as u32), refused, "U+{:04X}", c as u32);
+        }
+    }
 
     #[test]
     fn raw_ids_normalise_integers() {

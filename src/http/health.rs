@@ -41,6 +41,12 @@ pub struct Ready {
     pub writer: CheckState,
     /// The background training worker is running.
     pub training_worker: CheckState,
+    /// No write failed in the last 60 s without a successful commit after it.
+    pub writes: CheckState,
+    /// The data directory's file system has at least `storage.min_free_bytes` free.
+    pub disk: CheckState,
+    /// Free bytes (for unprivileged users) in the data directory's file system.
+    pub disk_free_bytes: u64,
     /// Whether a model snapshot is served (reported, not required: without one the API
     /// serves fallbacks).
     pub model_loaded: bool,
@@ -55,7 +61,16 @@ struct Probe {
     writer_running: bool,
     worker_running: bool,
     model_version: Option<u64>,
+    /// The latest failed write's error and age, when none committed since.
+    write_failure: Option<(String, Duration)>,
+    /// Free bytes in the data directory (or why they could not be read).
+    disk_free: Result<u64, String>,
+    min_free_bytes: u64,
 }
+
+/// How long a failed write (with no successful one after it) keeps `/readyz` failing: long
+/// enough to take the instance out of rotation, short enough to let writes be tried again.
+pub const WRITE_FAILURE_WINDOW: Duration = Duration::from_secs(60);
 
 impl Probe {
     /// `Ready`, or `NotReady` naming every failing check (the client sees the names, the
@@ -75,6 +90,29 @@ impl Probe {
             failed.push("training_worker");
             why.push("training_worker: the worker loop has ended".to_owned());
         }
+        if let Some((e, age)) = &self.write_failure {
+            if *age < WRITE_FAILURE_WINDOW {
+                failed.push("writes");
+                why.push(format!(
+                    "writes: the latest write failed {:.1} s ago: {e}",
+                    age.as_secs_f64()
+                ));
+            }
+        }
+        match &self.disk_free {
+            Ok(free) if *free >= self.min_free_bytes => {}
+            Ok(free) => {
+                failed.push("disk");
+                why.push(format!(
+                    "disk: {free} bytes free in the data directory, below storage.min_free_bytes = {}",
+                    self.min_free_bytes
+                ));
+            }
+            Err(e) => {
+                failed.push("disk");
+                why.push(format!("disk: cannot read the free space: {e}"));
+            }
+        }
         match self.database {
             Ok(latency) if failed.is_empty() => Ok(Ready {
                 status: ReadyState::Ready,
@@ -82,6 +120,9 @@ impl Probe {
                 database_latency_ms: latency.as_secs_f64() * 1e3,
                 writer: CheckState::Ok,
                 training_worker: CheckState::Ok,
+                writes: CheckState::Ok,
+                disk: CheckState::Ok,
+                disk_free_bytes: *self.disk_free.as_ref().unwrap_or(&0),
                 model_loaded: self.model_version.is_some(),
                 model_version: self.model_version,
             }),
@@ -110,9 +151,10 @@ pub async fn healthz() -> Json<Health> {
     })
 }
 
-/// `GET /readyz` — 200 when the database answers a ping, the writer thread takes writes
-/// and the training worker runs (whether a model is loaded is reported, not required);
-/// 503 `unavailable` naming the failing checks otherwise.
+/// `GET /readyz` — 200 when the database answers a ping, the writer thread takes writes,
+/// no write failed in the last minute without a commit after it, the data directory has
+/// `storage.min_free_bytes` free and the training worker runs (whether a model is loaded
+/// is reported, not required); 503 `unavailable` naming the failing checks otherwise.
 #[utoipa::path(
     get,
     path = "/readyz",
@@ -120,7 +162,7 @@ pub async fn healthz() -> Json<Health> {
     operation_id = "readyz",
     responses(
         (status = 200, description = "Every check passed", body = Ready),
-        (status = 503, description = "`unavailable` (the message names the failing checks: `database`, `writer`, `training_worker`) or `timeout`", body = ErrorBody),
+        (status = 503, description = "`unavailable` (the message names the failing checks: `database`, `writer`, `training_worker`, `writes`, `disk`) or `timeout`", body = ErrorBody),
     )
 )]
 pub async fn readyz(State(st): State<AppState>) -> Result<Json<Ready>, ApiError> {
@@ -131,11 +173,15 @@ pub async fn readyz(State(st): State<AppState>) -> Result<Json<Ready>, ApiError>
         .await
         .map(|()| started.elapsed())
         .map_err(|e| e.to_string());
+    let health = st.writer.health();
     let probe = Probe {
         database,
         writer_running: st.writer.is_running(),
         worker_running: !st.worker_loop.is_finished(),
         model_version: st.serving.get().map(|s| s.version),
+        write_failure: health.failing().map(|(e, age)| (e.to_owned(), age)),
+        disk_free: fs4::available_space(&st.settings.storage.data_dir).map_err(|e| e.to_string()),
+        min_free_bytes: st.settings.storage.min_free_bytes,
     };
     probe.verdict().map(Json)
 }
@@ -151,7 +197,42 @@ mod tests {
             writer_running: true,
             worker_running: true,
             model_version: Some(4),
+            write_failure: None,
+            disk_free: Ok(1 << 30),
+            min_free_bytes: 1 << 20,
         }
+    }
+
+    #[test]
+    fn failing_writes_and_a_full_disk_are_unready() {
+        let e = Probe {
+            write_failure: Some(("database or disk is full".into(), Duration::from_secs(3))),
+            ..healthy()
+        }
+        .verdict()
+        .unwrap_err();
+        assert_eq!(e.public_message(), "not ready: writes");
+        assert!(e.to_string().contains("database or disk is full"), "{e}");
+        let old = Probe {
+            write_failure: Some(("x".into(), WRITE_FAILURE_WINDOW + Duration::from_secs(1))),
+            ..healthy()
+        };
+        assert!(old.verdict().is_ok(), "an old failure no longer counts");
+        let e = Probe {
+            disk_free: Ok(1000),
+            ..healthy()
+        }
+        .verdict()
+        .unwrap_err();
+        assert_eq!(e.public_message(), "not ready: disk");
+        let e = Probe {
+            disk_free: Err("no such directory".into()),
+            write_failure: Some(("disk I/O error".into(), Duration::ZERO)),
+            ..healthy()
+        }
+        .verdict()
+        .unwrap_err();
+        assert_eq!(e.public_message(), "not ready: writes, disk");
     }
 
     #[test]

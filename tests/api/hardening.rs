@@ -321,3 +321,36 @@ async fn not_found_messages_speak_the_apis_language() {
     );
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_reports_writes_disk_and_model() {
+    let app = spawn_app().await;
+    let (s, v) = app.get_json("/readyz").await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        (&v["writes"], &v["disk"]),
+        (&json!("ok"), &json!("ok")),
+        "{v}"
+    );
+    assert!(v["disk_free_bytes"].as_u64().unwrap() > 0, "{v}");
+    assert_eq!(v["model_loaded"], false);
+    app.stop().await;
+    // more free space required than any disk has: not ready, `disk` named
+    let app = spawn_app_with(|s| s.storage.min_free_bytes = u64::MAX).await;
+    let (s, v) = app.get_json("/readyz").await;
+    assert_eq!((s, code(&v)), (503, Some("unavailable")), "{v}");
+    assert_eq!(v["error"]["message"], "not ready: disk");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unfinished_snapshot_files_are_removed_at_start() {
+    let tmp = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    let models = tmp.path().join("models");
+    std::fs::create_dir_all(&models).unwrap();
+    let left = models.join("model-0000000007.tmp");
+    std::fs::write(&left, vec![0u8; 1 << 20]).unwrap();
+    let app = spawn_app_in(tmp.clone(), |_| {}).await;
+    assert!(!left.exists(), "the partial snapshot file is still there");
+    app.stop().await;
+}

@@ -196,12 +196,19 @@ pub fn save(model: &Model, path: &Path) -> Result<(), EngineError> {
     let bytes = to_bytes(model);
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
     let tmp = path.with_extension("tmp");
-    let io = |e| EngineError::io(&tmp, e);
-    let mut f = File::create(&tmp).map_err(io)?;
-    f.write_all(&bytes).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    drop(f);
-    fs::rename(&tmp, path).map_err(|e| EngineError::io(path, e))?;
+    let written = (|| {
+        let io = |e| EngineError::io(&tmp, e);
+        let mut f = File::create(&tmp).map_err(io)?;
+        f.write_all(&bytes).map_err(io)?;
+        f.sync_all().map_err(io)?;
+        drop(f);
+        fs::rename(&tmp, path).map_err(|e| EngineError::io(path, e))
+    })();
+    if let Err(e) = written {
+        // a full disk must not also keep the partial file
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
     if let Some(dir) = dir {
         if let Ok(d) = File::open(dir) {
             let _ = d.sync_all();
@@ -274,5 +281,19 @@ mod tests {
         save(&sample(), &path).unwrap();
         assert_eq!(load(&path).unwrap(), sample());
         assert!(!path.with_extension("tmp").exists());
+    }
+
+    #[test]
+    fn a_failed_save_leaves_no_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        // the target is a non-empty directory: the final rename fails after the write
+        let path = dir.path().join("m.fkm");
+        std::fs::create_dir(&path).unwrap();
+        std::fs::write(path.join("x"), b"x").unwrap();
+        assert!(save(&sample(), &path).is_err());
+        assert!(
+            !path.with_extension("tmp").exists(),
+            "temp file left behind"
+        );
     }
 }

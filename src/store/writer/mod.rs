@@ -92,6 +92,28 @@ impl Default for Tuning {
 #[derive(Clone, Debug)]
 pub struct Writer {
     tx: flume::Sender<Msg>,
+    /// The outcome of the latest write, for `/readyz`.
+    health: Arc<std::sync::Mutex<WriteHealth>>,
+}
+
+/// The latest failed write and whether one succeeded after it.
+#[derive(Debug, Default, Clone)]
+pub struct WriteHealth {
+    /// The error of the latest failed write and when it failed.
+    pub last_error: Option<(String, std::time::Instant)>,
+    /// When the latest write committed.
+    pub last_ok: Option<std::time::Instant>,
+}
+
+impl WriteHealth {
+    /// The latest failed write's error and age, when no write committed since.
+    pub fn failing(&self) -> Option<(&str, Duration)> {
+        let (e, at) = self.last_error.as_ref()?;
+        match self.last_ok {
+            Some(ok) if ok > *at => None,
+            _ => Some((e.as_str(), at.elapsed())),
+        }
+    }
 }
 
 /// Owns the writer thread: [`WriterTask::finish`] stops it once the queued writes are
@@ -129,7 +151,11 @@ impl Writer {
                     crate::store::postgres::writer::run(pool, rx, recent).await;
                     let _ = done_tx.send(());
                 });
-                Ok((Writer { tx: tx.clone() }, WriterTask { tx, done }))
+                let writer = Writer {
+                    tx: tx.clone(),
+                    health: Default::default(),
+                };
+                Ok((writer, WriterTask { tx, done }))
             }
             crate::store::Backend::Sqlite(_) => {
                 Writer::start_with(store, recent, Tuning::default())
@@ -187,7 +213,11 @@ impl Writer {
                 let _ = done_tx.send(());
             })
             .context("starting the writer thread")?;
-        Ok((Writer { tx: tx.clone() }, WriterTask { tx, done }))
+        let writer = Writer {
+            tx: tx.clone(),
+            health: Default::default(),
+        };
+        Ok((writer, WriterTask { tx, done }))
     }
 
     /// Whether the writer thread is still taking writes (it has not ended).
@@ -206,13 +236,27 @@ impl Writer {
         self.submit(Op::Delete(user, item)).await
     }
 
+    /// The outcome of the latest writes (for readiness).
+    pub fn health(&self) -> WriteHealth {
+        self.health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     async fn submit(&self, op: Op) -> Result<bool, StoreError> {
         let (reply, answer) = oneshot::channel();
-        self.tx
-            .send_async(Msg::Job(Job { op, reply }))
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        answer.await.map_err(|_| StoreError::Closed)?
+        let sent = self.tx.send_async(Msg::Job(Job { op, reply })).await;
+        let result = match sent {
+            Ok(()) => answer.await.unwrap_or(Err(StoreError::Closed)),
+            Err(_) => Err(StoreError::Closed),
+        };
+        let mut h = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        match &result {
+            Ok(_) => h.last_ok = Some(std::time::Instant::now()),
+            Err(e) => h.last_error = Some((e.to_string(), std::time::Instant::now())),
+        }
+        result
     }
 }
 
