@@ -7,6 +7,7 @@ pub mod domain;
 pub mod http;
 pub mod malloc;
 pub mod metrics;
+pub mod plot;
 pub mod rated;
 pub mod snapshot;
 pub mod startup;
