@@ -106,6 +106,8 @@ try {
   ok("train now: a new version appears in the history without a reload");
 
   await page.screenshot({ path: join(SHOTS, "dashboard.png"), fullPage: true });
+  await page.evaluate(() => window.scrollTo(0, 0));
+  await page.screenshot({ path: join(SHOTS, "dashboard-top.png") });
   ok("screenshot " + join(SHOTS, "dashboard.png"));
   check(consoleErrors.length === 0, "no console errors" + (consoleErrors.length ? ": " + consoleErrors.join(" | ") : ""));
 } catch (e) {
