@@ -62,7 +62,8 @@ done
 curl -fsS "$BASE/openapi.json" -o "$WORK/openapi.json"
 
 echo "== openapi-python-client generate"
-printf 'post_hooks: []\n' >"$WORK/config.yaml"
+# no formatter hooks; the dashboard's SVG plots are text (the generator knows text/*)
+printf 'post_hooks: []\ncontent_type_overrides:\n  image/svg+xml: text/plain\n' >"$WORK/config.yaml"
 (cd "$WORK" && "$VENV/bin/openapi-python-client" generate --path openapi.json \
   --config config.yaml --output-path funkrec-client) 2>&1 | tee "$WORK/generate.log"
 if grep -qiE 'warning|error' "$WORK/generate.log"; then

@@ -12,9 +12,16 @@ import sys
 import time
 
 from funkrec_client import AuthenticatedClient, Client
+from funkrec_client.api.dashboard import dashboard, dashboard_script, dashboard_session, dashboard_style
 from funkrec_client.api.health import healthz, metrics, readyz
 from funkrec_client.api.meta import openapi
-from funkrec_client.api.model import get_model, train
+from funkrec_client.api.model import (
+    get_model,
+    learning_curve_svg,
+    model_history,
+    model_history_svg,
+    train,
+)
 from funkrec_client.api.ratings import delete_rating, list_ratings, post_ratings
 from funkrec_client.api.serving import prediction, recommendations, similar
 from funkrec_client.models import (
@@ -23,6 +30,7 @@ from funkrec_client.models import (
     ErrorBody,
     Health,
     Hyper,
+    ModelHistory,
     ModelInfo,
     ModelState,
     PredictionOut,
@@ -32,6 +40,7 @@ from funkrec_client.models import (
     Ready,
     Recommendations,
     ScoredItem,
+    Session,
     SimilarItems,
     TrainAccepted,
     TrainerKind,
@@ -118,6 +127,21 @@ assert all(isinstance(s, ScoredItem) and s.item not in rated for s in recs.items
 
 sim = check("similar", similar.sync_detailed("i1", client=client, n=3), 200, SimilarItems)
 assert not sim.fallback and len(sim.items) == 3 and all(s.item != "i1" for s in sim.items), sim
+
+page = check("dashboard", dashboard.sync_detailed(client=open_client), 200, str)
+assert '<script src="/dashboard/app.js"' in page, page[:300]
+assert "fetch(" in check("dashboard_script", dashboard_script.sync_detailed(client=open_client), 200, str)
+assert "{" in check("dashboard_style", dashboard_style.sync_detailed(client=open_client), 200, str)
+who = check("dashboard_session", dashboard_session.sync_detailed(client=client), 200, Session)
+assert who.keys_required and who.role == "admin", who
+assert dashboard_session.sync(client=bad).role is None
+curve = check("learning_curve_svg", learning_curve_svg.sync_detailed(client=client), 200, str)
+assert curve.count("<circle") == len(info.epochs) + sum(e.validation_rmse is not None for e in info.epochs), curve[:200]
+hist = check("model_history", model_history.sync_detailed(client=client), 200, ModelHistory)
+assert [v.version for v in hist.versions] == [info.version], hist
+assert hist.versions[-1].holdout_rmse == info.holdout_rmse, hist
+plot = check("model_history_svg", model_history_svg.sync_detailed(client=client), 200, str)
+assert plot.startswith("<svg"), plot[:100]
 
 text = check("metrics", metrics.sync_detailed(client=open_client), 200, str)
 assert "funkrec" in text, text[:200]

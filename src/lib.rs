@@ -9,6 +9,7 @@ pub mod foldin;
 pub mod http;
 pub mod malloc;
 pub mod metrics;
+pub mod plot;
 pub mod rated;
 pub mod snapshot;
 pub mod startup;

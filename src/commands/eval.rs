@@ -1,6 +1,6 @@
 //! `funkrec eval`: cross-validation or predefined train/test pairs, as a table or JSON.
 
-use super::{epoch_bar, load, on_epoch_for, HyperArgs};
+use super::{epoch_bar, load, on_epoch_for, write_curve, HyperArgs};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use funkrec_engine::eval::{evaluate_new_users, evaluate_split, kfold, mean_std, FoldResult};
@@ -34,7 +34,11 @@ pub struct EvalArgs {
     /// Also record the test RMSE after every epoch (in --json output).
     #[arg(long)]
     pub curve: bool,
-    /// No progress bars.
+    /// Draw train and test RMSE per epoch, one line each per fold or split, as an SVG
+    /// plot into this file.
+    #[arg(long, value_name = "FILE")]
+    pub plot: Option<PathBuf>,
+    /// No progress bars (also none with --json or when stderr is not a terminal).
     #[arg(long, short)]
     pub quiet: bool,
     /// Strict new-user protocol instead of the test files: this seeded fraction of each
@@ -64,7 +68,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let hyper = args.hyper.resolve()?;
     let mut splits: Vec<(String, Dataset, Vec<Rating>)> = Vec::new();
     if let Some(data) = &args.data {
-        let all = load(data, args.format, hyper.scale, args.quiet)?;
+        let all = load(data, args.format, hyper.scale, args.quiet || args.json)?;
         for (f, (tr, te)) in kfold(all.len(), args.folds, hyper.seed)
             .into_iter()
             .enumerate()
@@ -77,7 +81,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
             bail!("give --data FILE, or --train FILE --test FILE pairs (same count)");
         }
         for (tr, te) in args.train.iter().zip(&args.test) {
-            let train_set = load(tr, args.format, hyper.scale, args.quiet)?;
+            let train_set = load(tr, args.format, hyper.scale, args.quiet || args.json)?;
             let test = read_against(te, args.format, &train_set)
                 .with_context(|| format!("reading {}", te.display()))?;
             let name = tr
@@ -91,12 +95,26 @@ pub fn run(args: EvalArgs) -> Result<()> {
         return new_users(&splits, fraction, &hyper, &args);
     }
     let mut folds = Vec::new();
+    let quiet = args.quiet || args.json;
+    let curve = args.curve || args.plot.is_some();
     for (name, train_set, test) in &splits {
-        let pb = epoch_bar(hyper.total_epochs(), name, args.quiet);
+        let pb = epoch_bar(hyper.total_epochs(), name, quiet);
         let mut cb = on_epoch_for(&pb);
-        let res = evaluate_split(train_set, test, &hyper, args.curve, &mut cb)?;
+        let res = evaluate_split(train_set, test, &hyper, curve, &mut cb)?;
         pb.finish_and_clear();
         folds.push(res);
+    }
+    if let Some(plot) = &args.plot {
+        let series: Vec<_> = splits
+            .iter()
+            .zip(&folds)
+            .flat_map(|((name, _, _), f)| crate::plot::rmse_series(&format!("{name} "), &f.epochs))
+            .collect();
+        write_curve(
+            plot,
+            "Learning curves (funkrec eval; validation = test split)",
+            &series,
+        )?;
     }
     let stat = |f: fn(&FoldResult) -> f64| mean_std(folds.iter().map(f));
     let (rmse, rmse_std) = stat(|f| f.rmse);

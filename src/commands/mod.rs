@@ -145,9 +145,11 @@ pub(crate) fn epoch_bar(epochs: usize, label: &str, quiet: bool) -> ProgressBar 
     }
     let pb = ProgressBar::new(epochs as u64);
     pb.set_style(
-        ProgressStyle::with_template("{prefix} [{bar:30}] epoch {pos}/{len} {msg} ({elapsed})")
-            .expect("valid template")
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{prefix} [{bar:30}] epoch {pos}/{len} {msg} ({elapsed}, ETA {eta})",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
     );
     pb.set_prefix(label.to_owned());
     pb
@@ -180,6 +182,17 @@ pub(crate) fn on_epoch_for(pb: &ProgressBar) -> impl FnMut(&EpochStats) -> Contr
         pb.set_message(format!("loss {:.1} rmse {:.4}{v}", s.loss, s.train_rmse));
         ControlFlow::Continue(())
     }
+}
+
+/// Writes `series` as an SVG learning curve (RMSE per epoch) to `path`.
+pub(crate) fn write_curve(path: &Path, title: &str, series: &[crate::plot::Series]) -> Result<()> {
+    let svg = crate::plot::svg(&crate::plot::Chart {
+        title,
+        x_label: "epoch",
+        y_label: "RMSE",
+        series,
+    });
+    std::fs::write(path, svg).with_context(|| format!("writing {}", path.display()))
 }
 
 pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -1,6 +1,6 @@
 //! `funkrec train`: fits a model on a ratings file and writes the model file.
 
-use super::{epoch_bar, load, on_epoch_for, HyperArgs};
+use super::{epoch_bar, load, on_epoch_for, write_curve, HyperArgs};
 use anyhow::Result;
 use clap::Args;
 use funkrec_engine::io::Format;
@@ -18,6 +18,9 @@ pub struct TrainArgs {
     pub format: Option<Format>,
     #[command(flatten)]
     pub hyper: HyperArgs,
+    /// Also draw the training RMSE per epoch as an SVG plot into this file.
+    #[arg(long, value_name = "FILE")]
+    pub plot: Option<PathBuf>,
     #[arg(long, short)]
     pub quiet: bool,
 }
@@ -34,6 +37,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
     drop(data);
     pb.finish_and_clear();
     persist::save(&model, &args.out)?;
+    if let Some(plot) = &args.plot {
+        let series = crate::plot::rmse_series("", &model.report.epochs);
+        write_curve(plot, "Learning curve (funkrec train)", &series)?;
+    }
     let last = model
         .report
         .last()

@@ -31,7 +31,12 @@ pub fn required_role(method: &Method, route: &str) -> Option<Role> {
 
 /// The token of an `Authorization: Bearer <token>` header (scheme case-insensitive).
 fn bearer(req: &Request) -> Option<&str> {
-    let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    bearer_token(req.headers())
+}
+
+/// [`bearer`] on a header map (the dashboard's key check reads it outside the middleware).
+pub fn bearer_token(headers: &axum::http::HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.trim().split_once(' ')?;
     scheme
         .eq_ignore_ascii_case("bearer")

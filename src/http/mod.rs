@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod body;
+mod dashboard;
 pub mod error;
 mod extract;
 mod health;
@@ -88,6 +89,9 @@ fn api_routes() -> Router<AppState> {
         .route("/v1/items/{item}/similar", get(recs::similar))
         .route("/v1/model", get(model::get_model))
         .route("/v1/model/train", post(model::train))
+        .route("/v1/model/curve.svg", get(dashboard::learning_curve_svg))
+        .route("/v1/model/history", get(dashboard::history))
+        .route("/v1/model/history.svg", get(dashboard::history_svg))
 }
 
 /// Probes and metrics: open, and not subject to the concurrency limit (they must
@@ -146,6 +150,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(ops)
         .merge(api)
+        .merge(dashboard::routes())
         .route("/openapi.json", openapi::route(&state.settings))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -69,6 +69,13 @@ fn openapi_doc() {}
         crate::http::model::get_model,
         crate::http::model::train,
         openapi_doc,
+        crate::http::dashboard::page,
+        crate::http::dashboard::script,
+        crate::http::dashboard::style,
+        crate::http::dashboard::session,
+        crate::http::dashboard::learning_curve_svg,
+        crate::http::dashboard::history,
+        crate::http::dashboard::history_svg,
     ),
     components(schemas(ErrorBody, ErrorDetail, ErrorCode, PathId, RawId)),
     tags(
@@ -77,6 +84,7 @@ fn openapi_doc() {}
         (name = "model", description = "The serving snapshot and training"),
         (name = "health", description = "Probes"),
         (name = "meta", description = "This document"),
+        (name = "dashboard", description = "The dashboard page (`GET /dashboard`) and its assets"),
     ),
     modifiers(&ProtectedApi)
 )]

@@ -2,6 +2,7 @@
 
 mod helpers;
 
+mod dashboard;
 mod errors;
 mod foldin;
 mod guard;

@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# The dashboard in a real browser: installs Debian's chromium when missing and
+# playwright-core (pinned, from npm) into a cache directory, starts the real server with
+# API keys on MovieLens-sized synthetic data (`funkrec synth`, 943 users x 1,682 items,
+# 100,000 ratings) or the ratings file in $DASHBOARD_DATA, trains a model, and runs
+# scripts/dashboard_browser.mjs in headless Chromium. Screenshot:
+# target/dashboard/dashboard.png.
+#
+#   scripts/dashboard-browser.sh
+#   DASHBOARD_DATA=../shared/data/ml-100k/u.data scripts/dashboard-browser.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+PW_VERSION=1.65.1
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+NODE_DIR=${PW_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/funkrec/playwright-core-$PW_VERSION}
+SHOTS=$TARGET/dashboard
+export CHROMIUM=${CHROMIUM:-/usr/bin/chromium}
+
+if [[ ! -x "$CHROMIUM" ]]; then
+  echo "== installing chromium"
+  SUDO=; [[ $(id -u) -ne 0 ]] && SUDO=sudo
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq chromium chromium-driver >/dev/null
+fi
+"$CHROMIUM" --version
+if [[ ! -f "$NODE_DIR/node_modules/playwright-core/package.json" ]]; then
+  echo "== installing playwright-core $PW_VERSION into $NODE_DIR"
+  mkdir -p "$NODE_DIR"
+  (cd "$NODE_DIR" && echo '{"private":true}' >package.json &&
+    npm install --silent --no-audit --no-fund "playwright-core@$PW_VERSION")
+fi
+
+if [[ -z "${FUNKREC_BIN:-}" ]]; then
+  echo "== cargo build --bin funkrec"
+  cargo build --quiet --bin funkrec
+  FUNKREC_BIN=$TARGET/debug/funkrec
+fi
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/funkrec-dashboard.XXXXXX")
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+BASE="http://127.0.0.1:$PORT"
+SERVER_PID=
+cleanup() {
+  if [[ -n "$SERVER_PID" ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
+    kill -TERM "$SERVER_PID" 2>/dev/null || true
+    for _ in $(seq 1 50); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$SERVER_PID" 2>/dev/null || true
+  fi
+  rm -rf "$WORK"
+}
+trap cleanup EXIT INT TERM
+
+DATA=${DASHBOARD_DATA:-}
+if [[ -z "$DATA" ]]; then
+  DATA=$WORK/ratings.tsv
+  "$FUNKREC_BIN" synth --users 943 --items 1682 --ratings 100000 --seed 7 --out "$DATA" --quiet
+fi
+FUNKREC__STORAGE__DATA_DIR=$WORK/data "$FUNKREC_BIN" import "$DATA"
+
+ADMIN_KEY="dash-admin-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+READ_KEY="dash-read-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+echo "== starting $FUNKREC_BIN on $BASE"
+FUNKREC__SERVER__BIND=127.0.0.1:$PORT \
+FUNKREC__STORAGE__DATA_DIR=$WORK/data \
+FUNKREC__TRAINING__RETRAIN_INTERVAL_SECS=0 \
+FUNKREC__MODEL__FACTORS=${DASHBOARD_FACTORS:-20} \
+FUNKREC__MODEL__EPOCHS=${DASHBOARD_EPOCHS:-25} \
+FUNKREC__LOG__LEVEL=warn \
+FUNKREC__AUTH__KEYS="admin:$ADMIN_KEY,read:$READ_KEY" \
+  "$FUNKREC_BIN" serve </dev/null >"$WORK/server.log" 2>&1 &
+SERVER_PID=$!
+for _ in $(seq 1 100); do
+  if curl -fsS "$BASE/healthz" >/dev/null 2>&1; then break; fi
+  if ! kill -0 "$SERVER_PID" 2>/dev/null; then echo "server exited:"; cat "$WORK/server.log"; exit 1; fi
+  sleep 0.2
+done
+auth=(-H "Authorization: Bearer $ADMIN_KEY")
+curl -fsS -X POST "${auth[@]}" "$BASE/v1/model/train" >/dev/null
+echo "== training the first model"
+for _ in $(seq 1 600); do
+  if curl -fsS "${auth[@]}" "$BASE/v1/model" | grep -q '"state":"ready"'; then break; fi
+  sleep 0.5
+done
+
+mkdir -p "$SHOTS"
+echo "== headless chromium"
+# ES modules resolve packages from the script's own directory upwards
+ln -s "$NODE_DIR/node_modules" "$WORK/node_modules"
+cp "$ROOT/scripts/dashboard_browser.mjs" "$WORK/"
+node "$WORK/dashboard_browser.mjs" "$BASE" "$ADMIN_KEY" "$READ_KEY" "$SHOTS"
+if grep -qE '"level":"ERROR"| ERROR ' "$WORK/server.log"; then
+  echo "the server logged errors:"; grep -E '"level":"ERROR"| ERROR ' "$WORK/server.log" | head -20
+  exit 1
+fi
+echo "dashboard browser test passed (screenshot: $SHOTS/dashboard.png)"

@@ -1,0 +1,277 @@
+//! The dashboard: its page and assets (embedded in the binary, served under a strict
+//! Content-Security-Policy), the key check it starts with, and the plot and history
+//! endpoints it reads.
+
+use crate::http::error::{ApiError, ErrorBody};
+use crate::http::AppState;
+use crate::plot::{self, Chart, Series};
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+const INDEX_HTML: &str = include_str!("../../assets/dashboard/index.html");
+const APP_JS: &str = include_str!("../../assets/dashboard/app.js");
+const APP_CSS: &str = include_str!("../../assets/dashboard/app.css");
+
+/// Same-origin scripts, styles and API calls only: no inline script or style, no
+/// external origin, no framing, no form posts anywhere.
+pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+     img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; \
+     frame-ancestors 'none'";
+
+/// The page, its assets and the key check: open (nothing secret is in them).
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/dashboard", get(page))
+        .route("/dashboard/app.js", get(script))
+        .route("/dashboard/app.css", get(style))
+        .route("/dashboard/session", get(session))
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                HeaderValue::from_static(CSP),
+            ),
+            (
+                header::X_CONTENT_TYPE_OPTIONS,
+                HeaderValue::from_static("nosniff"),
+            ),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// `GET /dashboard` — the dashboard page (docs/api.md#dashboard).
+#[utoipa::path(
+    get,
+    path = "/dashboard",
+    tag = "dashboard",
+    operation_id = "dashboard",
+    responses(
+        (status = 200, description = "The dashboard page, with a `Content-Security-Policy` header", content_type = "text/html", body = String),
+        (status = 503, description = "`timeout`", body = ErrorBody),
+    )
+)]
+pub async fn page() -> Response {
+    asset("text/html; charset=utf-8", INDEX_HTML)
+}
+
+/// `GET /dashboard/app.js` — the dashboard's script.
+#[utoipa::path(
+    get,
+    path = "/dashboard/app.js",
+    tag = "dashboard",
+    operation_id = "dashboard_script",
+    responses(
+        (status = 200, description = "The dashboard's script", content_type = "text/javascript", body = String),
+        (status = 503, description = "`timeout`", body = ErrorBody),
+    )
+)]
+pub async fn script() -> Response {
+    asset("text/javascript; charset=utf-8", APP_JS)
+}
+
+/// `GET /dashboard/app.css` — the dashboard's style sheet.
+#[utoipa::path(
+    get,
+    path = "/dashboard/app.css",
+    tag = "dashboard",
+    operation_id = "dashboard_style",
+    responses(
+        (status = 200, description = "The dashboard's style sheet", content_type = "text/css", body = String),
+        (status = 503, description = "`timeout`", body = ErrorBody),
+    )
+)]
+pub async fn style() -> Response {
+    asset("text/css; charset=utf-8", APP_CSS)
+}
+
+/// What the key sent with the request may do.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Session {
+    /// Whether the server has API keys configured (otherwise the API is open).
+    pub keys_required: bool,
+    /// `read`, `write` or `admin`: the role of the key sent (`admin` on an open server);
+    /// `null` when keys are required and no valid key was sent.
+    pub role: Option<String>,
+}
+
+/// `GET /dashboard/session` — the role of the `Authorization: Bearer` key sent, if any
+/// (always 200: an unknown key is `"role": null`, so the page can ask for another).
+#[utoipa::path(
+    get,
+    path = "/dashboard/session",
+    tag = "dashboard",
+    operation_id = "dashboard_session",
+    responses(
+        (status = 200, description = "Whether keys are required and the role of the key sent", body = Session),
+        (status = 503, description = "`timeout`", body = ErrorBody),
+    )
+)]
+pub async fn session(State(st): State<AppState>, headers: HeaderMap) -> Json<Session> {
+    let keys = &st.settings.auth.keys;
+    if keys.is_empty() {
+        return Json(Session {
+            keys_required: false,
+            role: Some("admin".into()),
+        });
+    }
+    let role = crate::http::auth::bearer_token(&headers)
+        .and_then(|t| keys.role_of(t))
+        .map(|r| r.to_string());
+    Json(Session {
+        keys_required: true,
+        role,
+    })
+}
+
+fn svg_response(body: String) -> Response {
+    (
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("image/svg+xml"),
+            ),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                HeaderValue::from_static(CSP),
+            ),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// `GET /v1/model/curve.svg` — train and validation RMSE per epoch of the serving model.
+#[utoipa::path(
+    get,
+    path = "/v1/model/curve.svg",
+    tag = "model",
+    operation_id = "learning_curve_svg",
+    responses(
+        (status = 200, description = "SVG plot: one marker (`circle`) per epoch and series; \"(no data)\" before the first model", content_type = "image/svg+xml", body = String),
+        (status = 500, description = "`internal`", body = ErrorBody),
+    )
+)]
+pub async fn learning_curve_svg(State(st): State<AppState>) -> Response {
+    let series = st
+        .serving
+        .get()
+        .map(|snap| plot::rmse_series("", &snap.model.report.epochs))
+        .unwrap_or_default();
+    svg_response(plot::svg(&Chart {
+        title: "Learning curve (RMSE per epoch)",
+        x_label: "epoch",
+        y_label: "RMSE",
+        series: &series,
+    }))
+}
+
+/// One published model version, as recorded in the store.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ModelVersion {
+    pub version: u64,
+    /// RFC 3339, UTC.
+    pub trained_at: String,
+    pub trainer: String,
+    pub ratings: u64,
+    pub train_rmse: Option<f64>,
+    pub holdout_rmse: Option<f64>,
+    pub train_seconds: f64,
+}
+
+/// `GET /v1/model/history` answer: every recorded version, oldest first.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ModelHistory {
+    pub versions: Vec<ModelVersion>,
+}
+
+async fn versions(st: &AppState) -> Result<Vec<ModelVersion>, ApiError> {
+    let mut rows: Vec<ModelVersion> = st
+        .store
+        .model_rows()
+        .await?
+        .into_iter()
+        .map(|r| ModelVersion {
+            version: r.version.max(0) as u64,
+            trained_at: r.trained_at,
+            trainer: r.trainer,
+            ratings: r.n_ratings.max(0) as u64,
+            train_rmse: r.train_rmse,
+            holdout_rmse: r.holdout_rmse,
+            train_seconds: r.train_secs,
+        })
+        .collect();
+    rows.reverse();
+    Ok(rows)
+}
+
+/// `GET /v1/model/history` — holdout RMSE and training time of every recorded version.
+#[utoipa::path(
+    get,
+    path = "/v1/model/history",
+    tag = "model",
+    operation_id = "model_history",
+    responses(
+        (status = 200, description = "Every recorded model version, oldest first", body = ModelHistory),
+        (status = 500, description = "`internal`", body = ErrorBody),
+    )
+)]
+pub async fn history(State(st): State<AppState>) -> Result<Json<ModelHistory>, ApiError> {
+    Ok(Json(ModelHistory {
+        versions: versions(&st).await?,
+    }))
+}
+
+/// `GET /v1/model/history.svg` — the same as two plots (holdout RMSE, training time).
+#[utoipa::path(
+    get,
+    path = "/v1/model/history.svg",
+    tag = "model",
+    operation_id = "model_history_svg",
+    responses(
+        (status = 200, description = "SVG: holdout RMSE and training seconds per version, one marker per version", content_type = "image/svg+xml", body = String),
+        (status = 500, description = "`internal`", body = ErrorBody),
+    )
+)]
+pub async fn history_svg(State(st): State<AppState>) -> Result<Response, ApiError> {
+    let rows = versions(&st).await?;
+    let holdout = [Series {
+        name: "holdout RMSE".into(),
+        points: rows
+            .iter()
+            .filter_map(|v| Some((v.version as f64, v.holdout_rmse?)))
+            .collect(),
+    }];
+    let seconds = [Series {
+        name: "training time (s)".into(),
+        points: rows
+            .iter()
+            .map(|v| (v.version as f64, v.train_seconds))
+            .collect(),
+    }];
+    Ok(svg_response(plot::svg_stack(&[
+        Chart {
+            title: "Holdout RMSE per model version",
+            x_label: "version",
+            y_label: "RMSE",
+            series: &holdout,
+        },
+        Chart {
+            title: "Training time per model version",
+            x_label: "version",
+            y_label: "seconds",
+            series: &seconds,
+        },
+    ])))
+}

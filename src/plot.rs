@@ -1,0 +1,180 @@
+//! Line charts as SVG text (plotters' SVG backend), shared by the dashboard's plot
+//! endpoints and the `--plot` option of `train` and `eval`.
+
+use plotters::prelude::*;
+
+/// One named line: `(x, y)` points in x order, each drawn as a marker on the line.
+pub struct Series {
+    pub name: String,
+    pub points: Vec<(f64, f64)>,
+}
+
+/// A chart: title, axis names and its lines.
+pub struct Chart<'a> {
+    pub title: &'a str,
+    pub x_label: &'a str,
+    pub y_label: &'a str,
+    pub series: &'a [Series],
+}
+
+/// Width and height of every chart, in SVG user units.
+pub const SIZE: (u32, u32) = (720, 360);
+
+/// One chart as an SVG document. Each point of each series is one `<circle>`, so a
+/// reader (or a test) can count them; an empty chart says "no data".
+pub fn svg(chart: &Chart) -> String {
+    svg_stack(std::slice::from_ref(chart))
+}
+
+/// Charts stacked vertically in one SVG document, each `SIZE` large.
+pub fn svg_stack(charts: &[Chart]) -> String {
+    let mut out = String::new();
+    let height = SIZE.1 * charts.len().max(1) as u32;
+    {
+        let root = SVGBackend::with_string(&mut out, (SIZE.0, height)).into_drawing_area();
+        let panels = root.split_evenly((charts.len().max(1), 1));
+        let drawn = root.fill(&WHITE).map_err(|e| e.to_string()).and_then(|_| {
+            charts
+                .iter()
+                .zip(&panels)
+                .try_for_each(|(c, area)| draw(c, area).map_err(|e| e.to_string()))
+        });
+        if let Err(e) = drawn.and_then(|_| root.present().map_err(|e| e.to_string())) {
+            // The SVG backend writes to a String: nothing here can fail but a bug.
+            tracing::warn!(error = %e, "plot failed");
+        }
+    }
+    out
+}
+
+fn draw<DB: DrawingBackend>(
+    c: &Chart,
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+    let points = || c.series.iter().flat_map(|s| s.points.iter().copied());
+    let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
+    for (x, y) in points().filter(|(x, y)| x.is_finite() && y.is_finite()) {
+        (x0, x1, y0, y1) = (x0.min(x), x1.max(x), y0.min(y), y1.max(y));
+    }
+    let empty = x0 > x1;
+    if empty {
+        (x0, x1, y0, y1) = (0.0, 1.0, 0.0, 1.0);
+    }
+    // a little room around the data; a flat line still gets a visible range
+    let pad = |lo: f64, hi: f64| {
+        let d = if hi > lo { (hi - lo) * 0.05 } else { 0.5 };
+        (lo - d, hi + d)
+    };
+    let (x0, x1) = pad(x0, x1);
+    let (y0, y1) = pad(y0, y1);
+    let title = if empty {
+        format!("{} (no data)", c.title)
+    } else {
+        c.title.to_owned()
+    };
+    let mut chart = ChartBuilder::on(area)
+        .caption(title, ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(x0..x1, y0..y1)?;
+    chart
+        .configure_mesh()
+        .x_desc(c.x_label)
+        .y_desc(c.y_label)
+        .light_line_style(WHITE.mix(0.0))
+        .draw()?;
+    for (i, s) in c.series.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        let pts: Vec<(f64, f64)> = s
+            .points
+            .iter()
+            .copied()
+            .filter(|(x, y)| x.is_finite() && y.is_finite())
+            .collect();
+        chart
+            .draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))?
+            .label(s.name.as_str())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+        chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled())))?;
+    }
+    if !c.series.is_empty() && !empty {
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()?;
+    }
+    Ok(())
+}
+
+/// Train and (when present) validation RMSE per epoch of one run, as series named
+/// `"{prefix}train"` and `"{prefix}validation"`.
+pub fn rmse_series(prefix: &str, epochs: &[funkrec_engine::EpochStats]) -> Vec<Series> {
+    let train = epochs
+        .iter()
+        .map(|e| (e.epoch as f64, e.train_rmse))
+        .collect();
+    let validation: Vec<(f64, f64)> = epochs
+        .iter()
+        .filter_map(|e| Some((e.epoch as f64, e.validation_rmse?)))
+        .collect();
+    let mut out = vec![Series {
+        name: format!("{prefix}train"),
+        points: train,
+    }];
+    if !validation.is_empty() {
+        out.push(Series {
+            name: format!("{prefix}validation"),
+            points: validation,
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_circle_per_point_and_labels() {
+        let series = [
+            Series {
+                name: "train".into(),
+                points: (1..=7).map(|e| (e as f64, 1.0 / e as f64)).collect(),
+            },
+            Series {
+                name: "validation".into(),
+                points: (1..=7).map(|e| (e as f64, 1.2 / e as f64)).collect(),
+            },
+        ];
+        let out = svg(&Chart {
+            title: "Learning curve",
+            x_label: "epoch",
+            y_label: "RMSE",
+            series: &series,
+        });
+        assert!(out.starts_with("<svg"), "{}", &out[..80]);
+        assert_eq!(out.matches("<circle").count(), 14);
+        for text in ["Learning curve", "epoch", "RMSE", "validation"] {
+            assert!(out.contains(text), "{text} missing");
+        }
+        assert!(
+            !out.contains("style="),
+            "inline styles break the dashboard's CSP"
+        );
+    }
+
+    #[test]
+    fn empty_chart_says_so() {
+        let out = svg(&Chart {
+            title: "History",
+            x_label: "version",
+            y_label: "RMSE",
+            series: &[],
+        });
+        assert!(out.contains("History (no data)"));
+        assert_eq!(out.matches("<circle").count(), 0);
+    }
+}
