@@ -9,5 +9,6 @@ mod import;
 mod ingest;
 mod lifecycle;
 mod openapi;
+mod postgres;
 mod ratings;
 mod recommend;
