@@ -13,10 +13,10 @@ use funkrec::rated::RecentWrites;
 use funkrec::store::{ImportRow, ModelRow, Store, StoreError, Writer, WriterTask};
 use funkrec_engine::Scale;
 use sqlx::Connection;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
-const DEFAULT_PG_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+#[path = "common/pg.rs"]
+mod pg;
 
 #[derive(Clone, Copy, PartialEq, Debug)]
 enum Backend {
@@ -30,61 +30,8 @@ struct TestDb {
     settings: Settings,
     store: Store,
     _dir: tempfile::TempDir,
-    /// (server URL of the maintenance database, name of this test's database)
-    pg: Option<(String, String)>,
-}
-
-fn pg_admin_url() -> String {
-    std::env::var("FUNKREC_TEST_PG_URL").unwrap_or_else(|_| DEFAULT_PG_URL.to_owned())
-}
-
-/// `url` with its database name replaced by `db`.
-fn with_database(url: &str, db: &str) -> String {
-    let base = url.split('?').next().unwrap_or(url);
-    let cut = base
-        .rfind('/')
-        .filter(|&i| i > "postgres://".len())
-        .unwrap_or(base.len());
-    format!("{}/{db}", &base[..cut])
-}
-
-/// Creates a database of its own for one test (None, with a printed notice, when the
-/// server does not answer and PostgreSQL is not required).
-async fn create_pg_database(test: &str) -> Option<(String, String)> {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let admin = pg_admin_url();
-    let shown = funkrec::config::redact_url(&admin);
-    let mut conn = match sqlx::PgConnection::connect(&admin).await {
-        Ok(c) => c,
-        Err(e) => {
-            if std::env::var("FUNKREC_TEST_PG_REQUIRED").is_ok_and(|v| v == "1") {
-                panic!(
-                    "PostgreSQL at {shown} does not answer ({e}) and FUNKREC_TEST_PG_REQUIRED=1"
-                );
-            }
-            // Straight to stderr: the test harness captures `eprintln!` of passing tests.
-            let notice = format!(
-                "skipped: {test} on PostgreSQL: the server at {shown} does not answer ({e}); \
-                 set FUNKREC_TEST_PG_URL to run it\n"
-            );
-            let _ = std::io::Write::write_all(&mut std::io::stderr(), notice.as_bytes());
-            return None;
-        }
-    };
-    let name = format!(
-        "funkrec_test_{}_{}_{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed),
-        test.chars()
-            .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
-            .take(30)
-            .collect::<String>()
-    );
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    Some((admin, name))
+    /// The test's own PostgreSQL database.
+    pg: Option<pg::PgDb>,
 }
 
 impl TestDb {
@@ -95,9 +42,9 @@ impl TestDb {
         let pg = match backend {
             Backend::Sqlite => None,
             Backend::Postgres => {
-                let (admin, name) = create_pg_database(test).await?;
-                settings.storage.database_url = with_database(&admin, &name);
-                Some((admin, name))
+                let db = pg::PgDb::create(test).await?;
+                settings.storage.database_url = db.url.clone();
+                Some(db)
             }
         };
         let store = Store::connect(&settings).await.unwrap();
@@ -159,33 +106,8 @@ impl TestDb {
 
     async fn close(mut self) {
         self.store.close().await;
-        if let Some((admin, name)) = self.pg.take() {
-            drop_database(&admin, &name).await;
-        }
-    }
-}
-
-async fn drop_database(admin: &str, name: &str) {
-    let mut conn = sqlx::PgConnection::connect(admin).await.unwrap();
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .execute(&mut conn)
-        .await
-        .unwrap();
-}
-
-impl Drop for TestDb {
-    /// A test that failed before `close` still drops its database (on a thread of
-    /// its own: this may run inside the test's runtime).
-    fn drop(&mut self) {
-        if let Some((admin, name)) = self.pg.take() {
-            let _ = std::thread::spawn(move || {
-                tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap()
-                    .block_on(drop_database(&admin, &name))
-            })
-            .join();
+        if let Some(db) = self.pg.take() {
+            db.drop_now().await;
         }
     }
 }
@@ -603,4 +525,26 @@ async fn import_input_error_keeps_nothing_of_its_transaction(db: &TestDb) {
         .unwrap();
     assert_eq!(stats.rows, 1);
     assert_eq!(store.count_ratings().await.unwrap(), 1);
+}
+
+/// A wrong scheme and an unreachable server are clear errors at start, and neither
+/// shows the URL's password.
+#[tokio::test]
+async fn bad_database_urls_are_refused_without_showing_the_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = Settings::default();
+    settings.storage.data_dir = dir.path().to_path_buf();
+    settings.storage.database_url = "mysql://app:hunter2@127.0.0.1/funkrec".into();
+    let err = format!("{:#}", Store::connect(&settings).await.unwrap_err());
+    assert!(err.contains("unsupported database URL"), "{err}");
+    assert!(err.contains("mysql://app:***@127.0.0.1/funkrec"), "{err}");
+    assert!(!err.contains("hunter2"), "{err}");
+    // port 1 on loopback: nothing listens there
+    settings.storage.database_url = "postgres://app:hunter2@127.0.0.1:1/funkrec".into();
+    let err = format!("{:#}", Store::connect(&settings).await.unwrap_err());
+    assert!(
+        err.contains("opening database postgres://app:***@127.0.0.1:1/funkrec"),
+        "{err}"
+    );
+    assert!(!err.contains("hunter2"), "{err}");
 }

@@ -256,6 +256,11 @@ impl IntoResponse for ApiError {
                 res.headers_mut()
                     .insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
+            // the database is down or busy: a client may try again shortly
+            ApiError::Unavailable(_) => {
+                res.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(1u64));
+            }
             _ => {}
         }
         res

@@ -12,5 +12,7 @@ mod import;
 mod ingest;
 mod lifecycle;
 mod openapi;
+mod pg_fault;
+mod postgres;
 mod ratings;
 mod recommend;

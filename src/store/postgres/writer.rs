@@ -83,7 +83,8 @@ async fn commit_group(
 ) {
     match run_jobs(pool, cache, group).await {
         Ok(results) => answer(recent, group, results.into_iter().map(Ok).collect()),
-        Err(e) if group.len() > 1 => {
+        // (an unreachable database fails every request alike: no point retrying each)
+        Err(e) if group.len() > 1 && !e.is_unavailable() => {
             tracing::debug!(error = %e, "group failed; one transaction per request");
             for job in std::mem::take(group) {
                 let mut one = vec![job];

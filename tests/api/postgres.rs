@@ -1,0 +1,65 @@
+//! The whole service on PostgreSQL (`storage.database_url = postgres://…`): ingest, list, delete, train, recommend, restart.
+
+use crate::helpers::*;
+use serde_json::json;
+use std::sync::Arc;
+
+#[path = "../common/pg.rs"]
+mod pg;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_runs_on_postgres() {
+    let Some(db) = pg::PgDb::create("api_service").await else {
+        return;
+    };
+    let url = db.url.clone();
+    let tmp = Arc::new(tempfile::tempdir().unwrap());
+    let app = spawn_app_in(tmp.clone(), |s| s.storage.database_url = url.clone()).await;
+    let (s, v) = app.get_json("/readyz").await;
+    assert_eq!((s, &v["database"]), (200, &json!("ok")), "{v}");
+    assert!(
+        !tmp.path().join("funkrec.db").exists(),
+        "no SQLite file on PostgreSQL"
+    );
+
+    app.post_ratings(&planted()).await;
+    let (s, v) = app.get_json("/v1/users/u0/ratings?limit=5").await;
+    assert_eq!(s, 200, "{v}");
+    let total = v["total"].as_u64().unwrap();
+    assert_eq!(v["ratings"].as_array().unwrap().len(), 5);
+    // delete one rating of u0: gone from the listing
+    let first = v["ratings"][0]["item"].as_str().unwrap().to_owned();
+    let r = app
+        .client
+        .delete(app.url(&format!("/v1/users/u0/ratings/{first}")))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    let (_, v) = app.get_json("/v1/users/u0/ratings?limit=100").await;
+    assert_eq!(v["total"].as_u64().unwrap(), total - 1);
+
+    let version = app.train().await;
+    let (s, v) = app.get_json("/v1/users/u0/recommendations?n=3").await;
+    assert_eq!(s, 200, "{v}");
+    let recs: Vec<(usize, String)> = v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["item"].as_str().unwrap().to_owned())
+        .map(|i| (i[1..].parse().unwrap(), i))
+        .collect();
+    assert!(!recs.is_empty());
+    // u0 has 5 unrated items (and the deleted one): the top 3 are ones u0 likes
+    for (i, id) in &recs {
+        assert!(is_unrated(0, *i) || *id == first, "u0 had rated {id}");
+        assert!(liked(0, *i), "u0 should like what is recommended, got {id}");
+    }
+    app.stop().await;
+
+    // a restart on the same database serves the same model without retraining
+    let app = spawn_app_in(tmp, |s| s.storage.database_url = url.clone()).await;
+    assert_eq!(app.model_version().await, Some(version));
+    app.stop().await;
+    db.drop_now().await;
+}
