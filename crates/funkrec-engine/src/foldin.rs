@@ -281,6 +281,63 @@ unsafe fn dot4_avx2(p: &[f32], q: [&[f32]; 4]) -> [f32; 4] {
     out
 }
 
+/// The 2 × 4 block of dot products p_a·q_b (each q at least as long as the p's,
+/// which have one length); with `FMA` by AVX2 intrinsics, so each load serves two or
+/// four multiply-adds.
+#[inline(always)]
+fn dot2x4f<const FMA: bool>(p: [&[f32]; 2], q: [&[f32]; 4]) -> [[f32; 4]; 2] {
+    #[cfg(target_arch = "x86_64")]
+    if FMA {
+        // SAFETY: as in `dot4f`: only under `fold_in_avx2`, after `has_avx2_fma`.
+        return unsafe { dot2x4_avx2(p, q) };
+    }
+    [dot4::<FMA>(p[0], q), dot4::<FMA>(p[1], q)]
+}
+
+/// [`dot2x4f`] with AVX2 and FMA.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn dot2x4_avx2(p: [&[f32]; 2], q: [&[f32]; 4]) -> [[f32; 4]; 2] {
+    use std::arch::x86_64::*;
+    let k = p[0].len();
+    let p = [p[0], &p[1][..k]];
+    let q = [&q[0][..k], &q[1][..k], &q[2][..k], &q[3][..k]];
+    let mut acc = [_mm256_setzero_ps(); 8];
+    let mut o = 0;
+    while o + 8 <= k {
+        // SAFETY: o + 8 ≤ k and every slice has k elements.
+        unsafe {
+            let x0 = _mm256_loadu_ps(p[0].as_ptr().add(o));
+            let x1 = _mm256_loadu_ps(p[1].as_ptr().add(o));
+            for (r, row) in q.iter().enumerate() {
+                let y = _mm256_loadu_ps(row.as_ptr().add(o));
+                acc[r] = _mm256_fmadd_ps(x0, y, acc[r]);
+                acc[r + 4] = _mm256_fmadd_ps(x1, y, acc[r + 4]);
+            }
+        }
+        o += 8;
+    }
+    let mut out = [[0.0f32; 4]; 2];
+    for (a, line) in out.iter_mut().enumerate() {
+        for (r, v) in line.iter_mut().enumerate() {
+            let mut lanes = [0.0f32; 8];
+            // SAFETY: `lanes` has room for eight f32.
+            unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc[r + 4 * a]) };
+            let mut s = ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5]))
+                + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
+            for j in o..k {
+                s = p[a][j].mul_add(q[r][j], s);
+            }
+            *v = s;
+        }
+    }
+    out
+}
+
 /// The lower triangle of M Mᵀ for the `rows` × `len` row-major M (row-major,
 /// `rows` × `rows`; the upper triangle is left 0). Four dot products share each
 /// load of row a.
@@ -288,17 +345,25 @@ unsafe fn dot4_avx2(p: &[f32], q: [&[f32]; 4]) -> [f32; 4] {
 fn gram_lower<const FMA: bool>(m: &[f32], rows: usize, len: usize) -> Vec<f32> {
     let row = |a: usize| &m[a * len..(a + 1) * len];
     let mut g = vec![0.0f32; rows * rows];
-    for a in 0..rows {
-        let out = &mut g[a * rows..a * rows + a + 1];
+    let mut a = 0;
+    while a < rows {
+        // rows a and a + 1 together, four columns at a time, below both diagonals
+        let pair = a + 1 < rows;
         let mut b = 0;
-        while b + 4 <= a + 1 {
-            let d = dot4f::<FMA>(row(a), [row(b), row(b + 1), row(b + 2), row(b + 3)]);
-            out[b..b + 4].copy_from_slice(&d);
+        while pair && b + 4 <= a + 1 {
+            let q = [row(b), row(b + 1), row(b + 2), row(b + 3)];
+            let d = dot2x4f::<FMA>([row(a), row(a + 1)], q);
+            g[a * rows + b..a * rows + b + 4].copy_from_slice(&d[0]);
+            g[(a + 1) * rows + b..(a + 1) * rows + b + 4].copy_from_slice(&d[1]);
             b += 4;
         }
-        for (c, v) in out.iter_mut().enumerate().skip(b) {
-            *v = dot_k::<FMA>(row(a), row(c));
+        let last = if pair { a + 1 } else { a };
+        for r in a..=last {
+            for c in b..=r {
+                g[r * rows + c] = dot_k::<FMA>(row(r), row(c));
+            }
         }
+        a = last + 1;
     }
     g
 }
