@@ -19,10 +19,12 @@ COPY crates/funkrec-engine/Cargo.toml ./crates/funkrec-engine/
 RUN mkdir -p src crates/funkrec-engine/src crates/funkrec-engine/benches \
     && echo 'fn main() {}' > src/main.rs && touch src/lib.rs crates/funkrec-engine/src/lib.rs \
     && echo 'fn main() {}' > crates/funkrec-engine/benches/kernels.rs \
+    && echo 'fn main() {}' > crates/funkrec-engine/benches/foldin.rs \
     && cargo build --release --locked --bin funkrec \
     && rm -rf src crates
 COPY config ./config
 COPY migrations ./migrations
+COPY assets ./assets
 COPY crates ./crates
 COPY src ./src
 # Make sure cargo sees the real sources as newer than the placeholder build.
