@@ -32,22 +32,12 @@ if [[ ! -f "$NODE_DIR/node_modules/playwright-core/package.json" ]]; then
     npm install --silent --no-audit --no-fund "playwright-core@$PW_VERSION")
 fi
 
-if [[ -z "${FUNKREC_BIN:-}" ]]; then
-  echo "== cargo build --bin funkrec"
-  cargo build --quiet --bin funkrec
-  FUNKREC_BIN=$TARGET/debug/funkrec
-fi
+# shellcheck source=scripts/live-server.sh
+source scripts/live-server.sh
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/funkrec-dashboard.XXXXXX")
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-BASE="http://127.0.0.1:$PORT"
-SERVER_PID=
 cleanup() {
-  if [[ -n "$SERVER_PID" ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
-    kill -TERM "$SERVER_PID" 2>/dev/null || true
-    for _ in $(seq 1 50); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$SERVER_PID" 2>/dev/null || true
-  fi
+  stop_server
   rm -rf "$WORK"
 }
 trap cleanup EXIT INT TERM
@@ -59,8 +49,8 @@ if [[ -z "$DATA" ]]; then
 fi
 FUNKREC__STORAGE__DATA_DIR=$WORK/data "$FUNKREC_BIN" import "$DATA"
 
-ADMIN_KEY="dash-admin-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
-READ_KEY="dash-read-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+ADMIN_KEY=$(random_key dash-admin)
+READ_KEY=$(random_key dash-read)
 echo "== starting $FUNKREC_BIN on $BASE"
 FUNKREC__SERVER__BIND=127.0.0.1:$PORT \
 FUNKREC__STORAGE__DATA_DIR=$WORK/data \
@@ -71,11 +61,7 @@ FUNKREC__LOG__LEVEL=warn \
 FUNKREC__AUTH__KEYS="admin:$ADMIN_KEY,read:$READ_KEY" \
   "$FUNKREC_BIN" serve </dev/null >"$WORK/server.log" 2>&1 &
 SERVER_PID=$!
-for _ in $(seq 1 100); do
-  if curl -fsS "$BASE/healthz" >/dev/null 2>&1; then break; fi
-  if ! kill -0 "$SERVER_PID" 2>/dev/null; then echo "server exited:"; cat "$WORK/server.log"; exit 1; fi
-  sleep 0.2
-done
+wait_healthy "$WORK/server.log"
 auth=(-H "Authorization: Bearer $ADMIN_KEY")
 curl -fsS -X POST "${auth[@]}" "$BASE/v1/model/train" >/dev/null
 echo "== training the first model"

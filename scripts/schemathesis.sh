@@ -31,29 +31,19 @@ if ! "$VENV/bin/st" --version 2>/dev/null | grep -q "$ST_VERSION"; then
 fi
 "$VENV/bin/st" --version
 
-if [[ -z "${FUNKREC_BIN:-}" ]]; then
-  echo "== cargo build --bin funkrec"
-  cargo build --quiet --bin funkrec
-  FUNKREC_BIN=$TARGET/debug/funkrec
-fi
+# shellcheck source=scripts/live-server.sh
+source scripts/live-server.sh
 
 DATA=$(mktemp -d "${TMPDIR:-/tmp}/funkrec-st.XXXXXX")
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-BASE="http://127.0.0.1:$PORT"
-SERVER_PID=
 cleanup() {
-  if [[ -n "$SERVER_PID" ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
-    kill -TERM "$SERVER_PID" 2>/dev/null || true
-    for _ in $(seq 1 50); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$SERVER_PID" 2>/dev/null || true
-  fi
+  stop_server
   rm -rf "$DATA"
 }
 trap cleanup EXIT INT TERM
 
 # An admin key: every /v1 operation is documented as bearer-protected, and schemathesis
 # checks that requests without it (or with a wrong one) are refused.
-API_KEY="st-admin-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+API_KEY=$(random_key st-admin)
 echo "== starting $FUNKREC_BIN on $BASE (data in $DATA)"
 # Small, quick model; retrains every 200 written ratings so snapshots swap during the run.
 FUNKREC__SERVER__BIND=127.0.0.1:$PORT \
@@ -66,11 +56,7 @@ FUNKREC__LOG__LEVEL=warn \
 FUNKREC__AUTH__KEYS="admin:$API_KEY" \
   "$FUNKREC_BIN" serve </dev/null >"$DATA/server.log" 2>&1 &
 SERVER_PID=$!
-for _ in $(seq 1 100); do
-  if curl -fsS "$BASE/healthz" >/dev/null 2>&1; then break; fi
-  if ! kill -0 "$SERVER_PID" 2>/dev/null; then echo "server exited:"; cat "$DATA/server.log"; exit 1; fi
-  sleep 0.2
-done
+wait_healthy "$DATA/server.log"
 curl -fsS "$BASE/healthz" >/dev/null
 
 echo "== st run ($MAX_EXAMPLES examples per operation, seed $SEED)"
