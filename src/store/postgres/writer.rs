@@ -1,7 +1,7 @@
 //! Group commit on PostgreSQL: a task takes the queued writes and commits them in one transaction, answering each only after `COMMIT`.
 //!
 //! The same channel and answers as the SQLite writer thread (`store/writer`): what is
-//! queued (up to [`MAX_GROUP_RATINGS`] ratings) becomes one transaction. Within it,
+//! queued (up to [`MAX_GROUP_RATINGS`](crate::store::writer::MAX_GROUP_RATINGS) ratings) becomes one transaction. Within it,
 //! the group's new user and item ids are inserted once (`ON CONFLICT DO NOTHING`, in
 //! order of first appearance, so keys follow the order ids were first written, as on
 //! SQLite) and their keys read back; consecutive upserts go out as one
@@ -14,7 +14,7 @@
 use crate::domain::NewRating;
 use crate::rated::RecentWrites;
 use crate::store::writer::commit::{answer, Job, Op};
-use crate::store::writer::{Msg, MAX_GROUP_RATINGS};
+use crate::store::writer::{fill_group, Msg};
 use crate::store::StoreError;
 use foldhash::HashMap;
 use sqlx::{PgConnection, PgPool};
@@ -57,18 +57,7 @@ pub(crate) async fn run(pool: PgPool, rx: flume::Receiver<Msg>, recent: Arc<Rece
             }
             None => break,
         };
-        let mut size = first.size();
-        group.push(first);
-        while size < MAX_GROUP_RATINGS {
-            match rx.try_recv() {
-                Ok(Msg::Job(job)) => {
-                    size += job.size();
-                    group.push(job);
-                }
-                Ok(Msg::Stop) => stopping = true,
-                Err(_) => break,
-            }
-        }
+        stopping |= fill_group(first, &rx, &mut group).1;
         commit_group(&pool, &mut cache, &recent, &mut group).await;
     }
     tracing::debug!("writer task stopped");

@@ -66,6 +66,30 @@ pub(super) enum Msg {
     Stop,
 }
 
+/// Puts `first` and whatever else is queued (up to [`MAX_GROUP_RATINGS`] ratings) into
+/// `group`, the next group commit of either backend: the group's size in ratings, and
+/// whether a stop was queued.
+pub(super) fn fill_group(
+    first: Job,
+    rx: &flume::Receiver<Msg>,
+    group: &mut Vec<Job>,
+) -> (usize, bool) {
+    let mut stopping = false;
+    let mut size = first.size();
+    group.push(first);
+    while size < MAX_GROUP_RATINGS {
+        match rx.try_recv() {
+            Ok(Msg::Job(job)) => {
+                size += job.size();
+                group.push(job);
+            }
+            Ok(Msg::Stop) => stopping = true,
+            Err(_) => break,
+        }
+    }
+    (size, stopping)
+}
+
 /// How the writer thread runs; [`Writer::start`] uses [`Tuning::default`], tests
 /// change it.
 pub(crate) struct Tuning {
@@ -321,18 +345,8 @@ impl Loop<'_> {
                 }
                 Err(RecvTimeoutError::Disconnected) => break,
             };
-            let mut size = first.size();
-            group.push(first);
-            while size < MAX_GROUP_RATINGS {
-                match rx.try_recv() {
-                    Ok(Msg::Job(job)) => {
-                        size += job.size();
-                        group.push(job);
-                    }
-                    Ok(Msg::Stop) => stopping = true,
-                    Err(_) => break,
-                }
-            }
+            let (size, stop) = fill_group(first, rx, &mut group);
+            stopping |= stop;
             commit_group(&mut self.conn, &mut self.keys, self.recent, &mut group);
             self.delta_rows += size;
             if self.delta_rows >= FOLD_AT {
