@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Evaluates funkrec on the official MovieLens 100K folds u1–u5; extra args go to `funkrec eval`.
-# Usage: scripts/eval-ml100k.sh [--trainer sgd|gd|funk] [--factors N ...] [--json]
+# Usage: scripts/eval-ml100k.sh [--trainer sgd|gd|funk|svdpp] [--factors N ...] [--json]
 set -euo pipefail
 D=${ML100K:-"$(dirname "$0")/../../shared/data/ml-100k"}
 BIN=${FUNKREC:-"$(dirname "$0")/../target/release/funkrec"}

@@ -359,6 +359,10 @@ mod tests {
         assert!(s.log.json);
         // untouched keys keep their defaults
         assert_eq!(s.model.epochs, Hyper::default().epochs);
+        // the file names the trainer too
+        std::fs::write(&f, "[model]\ntrainer = \"svdpp\"\n").unwrap();
+        let s = Settings::load_from(Some(&f), env(&[])).unwrap();
+        assert_eq!(s.model.trainer, funkrec_engine::TrainerKind::Svdpp);
     }
 
     #[test]

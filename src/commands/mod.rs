@@ -259,7 +259,8 @@ mod tests {
         assert_eq!(args.hyper.trainer, Some(TrainerKind::Funk));
         let err = parse(&["eval", "--data", "f", "--trainer", "als"]).unwrap_err();
         assert!(
-            err.to_string().contains("possible values: sgd, gd, funk"),
+            err.to_string()
+                .contains("possible values: sgd, gd, funk, svdpp"),
             "{err}"
         );
     }
@@ -272,7 +273,10 @@ mod tests {
             .unwrap()
             .render_help()
             .to_string();
-        assert!(eval.contains("possible values: sgd, gd, funk"), "{eval}");
+        assert!(
+            eval.contains("possible values: sgd, gd, funk, svdpp"),
+            "{eval}"
+        );
         assert!(eval.contains("possible values: tab, dat, csv"), "{eval}");
         let import = cmd
             .find_subcommand_mut("import")

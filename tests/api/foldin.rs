@@ -151,3 +151,59 @@ async fn a_write_is_reflected_by_the_next_read() {
     );
     app.stop().await;
 }
+
+/// `model.trainer = "svdpp"` end to end: the service trains SVD++, serves known users
+/// from their effective vectors, folds a new user in with the implicit term of the
+/// items they rated, and serves the same model after a restart (model file with Y).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn svdpp_trains_serves_folds_in_and_survives_a_restart() {
+    let app = spawn_app_with(|s| s.model.trainer = funkrec_engine::TrainerKind::Svdpp).await;
+    app.post_ratings(&planted()).await;
+    let v1 = app.train().await;
+    let (s, m) = app.get_json("/v1/model").await;
+    assert_eq!(s, 200, "{m}");
+    assert_eq!(m["trainer"], "svdpp", "{m}");
+    assert_eq!(m["hyperparameters"]["trainer"], "svdpp", "{m}");
+    for u in [0usize, 1] {
+        for i in (0..20).filter(|&i| is_unrated(u, i)) {
+            let p = predict(&app, &format!("u{u}"), &format!("i{i}")).await;
+            assert_eq!(p["folded_in"], false, "{p}");
+            let r = p["rating"].as_f64().unwrap();
+            assert!(
+                if liked(u, i) { r > 3.5 } else { r < 2.5 },
+                "u{u} i{i}: {p}"
+            );
+        }
+    }
+    // a new user: folded in (Y gives the implicit term of what they rated)
+    let mut fresh: Vec<(String, String, f64)> = (0..4)
+        .map(|i| ("fresh".into(), format!("i{i}"), 5.0))
+        .collect();
+    fresh.extend((10..14).map(|i| ("fresh".into(), format!("i{i}"), 1.0)));
+    app.post_ratings(&fresh).await;
+    let (_, v) = app.get_json("/v1/users/fresh/recommendations?n=20").await;
+    assert_eq!(
+        (v["fallback"].as_bool(), v["folded_in"].as_bool()),
+        (Some(false), Some(true)),
+        "{v}"
+    );
+    let recs = item_numbers(&v);
+    assert!(
+        recs[..6].iter().all(|&i| i < 10),
+        "the liked group first: {recs:?}"
+    );
+    let (_, before) = app.get_json("/v1/users/u3/predictions/i5").await;
+    let tmp = app.tmp.clone();
+    app.stop().await;
+
+    let app = spawn_app_in(tmp, |s| {
+        s.model.trainer = funkrec_engine::TrainerKind::Svdpp
+    })
+    .await;
+    let (_, m) = app.get_json("/v1/model").await;
+    assert_eq!(m["version"], v1, "{m}");
+    assert_eq!(m["trainer"], "svdpp", "{m}");
+    let (_, after) = app.get_json("/v1/users/u3/predictions/i5").await;
+    assert_eq!(before, after);
+    app.stop().await;
+}

@@ -14,6 +14,11 @@
 //! (k+1)×(k+1) symmetric positive definite system, solved by Cholesky. When the
 //! user has fewer ratings than unknowns, the same x comes cheaper from the n×n
 //! dual system: with W = Z (cD)^-½, x = (cD)^-½ Wᵀ (W Wᵀ + I)⁻¹ t.
+//!
+//! `svdpp` (c = |R(u)|): the user vector is p_u + s, s = |N|^-½ Σ_{j∈N} y_j over the
+//! items N of the ratings given (the user's rated set now), computed from the model's
+//! Y. s is a fixed offset: t_i = r_ui − μ − b_i − s·q_i, the same system gives
+//! (b_u, p_u), and the vector returned is the effective p_u + s.
 //! Why closed form and not a few SGD passes: `docs/accuracy.md` (fold-in).
 
 use crate::model::{dot4, dot_k, madd, Model};
@@ -90,7 +95,12 @@ pub fn fold_in_sgd(model: &Model, ratings: &[(u32, f32)]) -> Option<Folded> {
     let h = &model.hyper;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(h.seed);
     let (mut lr, mut lr_b) = (h.lr, h.lr_bias);
+    // svdpp: the implicit term s is a fixed offset of the user vector p + s.
+    let s = model
+        .implicit_term(known.iter().map(|&(i, _)| i))
+        .unwrap_or_else(|| vec![0.0; model.factors()]);
     let mut p = vec![0.0f32; model.factors()];
+    let mut z = s.clone();
     let mut bu = 0.0f32;
     for _ in 0..h.epochs {
         known.shuffle(&mut rng);
@@ -101,12 +111,13 @@ pub fn fold_in_sgd(model: &Model, ratings: &[(u32, f32)]) -> Option<Folded> {
             } else {
                 0.0
             };
-            let e = r - (model.global_mean + bu + bi + crate::model::dot(&p, q));
+            let e = r - (model.global_mean + bu + bi + crate::model::dot(&z, q));
             if h.biased {
                 bu += lr_b * (e - h.reg_bias * bu);
             }
-            for (pv, &qv) in p.iter_mut().zip(q) {
+            for (((pv, zv), &qv), &sv) in p.iter_mut().zip(&mut z).zip(q).zip(&s) {
                 *pv += lr * (e * qv - h.reg * *pv);
+                *zv = *pv + sv;
             }
         }
         lr *= h.lr_decay;
@@ -114,7 +125,7 @@ pub fn fold_in_sgd(model: &Model, ratings: &[(u32, f32)]) -> Option<Folded> {
     }
     Some(Folded {
         bias: bu,
-        factors: p,
+        factors: z,
         n_ratings: known.len(),
     })
 }
@@ -123,7 +134,7 @@ pub fn fold_in_sgd(model: &Model, ratings: &[(u32, f32)]) -> Option<Folded> {
 fn ridge(model: &Model, n: usize) -> Vec<f32> {
     let h = &model.hyper;
     let c = match h.trainer {
-        TrainerKind::Sgd | TrainerKind::Funk => n as f64,
+        TrainerKind::Sgd | TrainerKind::Funk | TrainerKind::Svdpp => n as f64,
         TrainerKind::Gd => 1.0,
     };
     let w = |lambda: f32| (c * lambda as f64).max(MIN_RIDGE) as f32;
@@ -143,6 +154,8 @@ fn solve<const FMA: bool>(model: &Model, known: &[(u32, f32)], dual: Option<bool
     let d = ridge(model, known.len());
     let dim = d.len();
     let n = known.len();
+    // svdpp: the implicit term, a fixed offset of the user vector.
+    let offset = model.implicit_term(known.iter().map(|&(i, _)| i));
     // Rows z_i (bias column first) and targets t_i.
     let mut z = vec![0.0f32; n * dim];
     let mut t = vec![0.0f32; n];
@@ -159,6 +172,9 @@ fn solve<const FMA: bool>(model: &Model, known: &[(u32, f32)], dual: Option<bool
             } else {
                 0.0
             };
+        if let Some(s) = &offset {
+            *ti -= dot_k::<FMA>(s, q);
+        }
     }
     let x = if dual.unwrap_or(n < dim) {
         // Dual: scale columns by D^-½, solve (W Wᵀ + I) a = t, x = D^-½ Wᵀ a.
@@ -203,11 +219,14 @@ fn solve<const FMA: bool>(model: &Model, known: &[(u32, f32)], dual: Option<bool
         cholesky::<FMA>(&mut g, dim);
         cholesky_solve::<FMA>(&g, dim, rhs)
     };
-    let (bias, factors) = match biased {
+    let (bias, mut factors) = match biased {
         true => (x[0], x[1..].to_vec()),
         false => (0.0, x),
     };
     debug_assert_eq!(factors.len(), k);
+    if let Some(s) = &offset {
+        factors.iter_mut().zip(s).for_each(|(p, s)| *p += s);
+    }
     Folded {
         bias,
         factors,
@@ -446,19 +465,46 @@ mod tests {
         };
         let mut m = Model::zeros(hyper, IdMap::new(), ids, if biased { 3.5 } else { 0.0 });
         m.item_factors.mapv_inplace(|_| rng.gen_range(-0.5..0.5));
+        if trainer == TrainerKind::Svdpp {
+            m.implicit = Some(m.item_factors.mapv(|_| rng.gen_range(-0.5..0.5)));
+        }
         if biased {
             m.item_bias.mapv_inplace(|_| rng.gen_range(-0.5..0.5));
         }
         m
     }
 
-    /// The objective the fold-in minimises, in f64.
+    /// The svdpp implicit term of `ratings` in f64 (zeros for other models).
+    fn offset(m: &Model, ratings: &[(u32, f32)]) -> Vec<f64> {
+        let k = m.factors();
+        let Some(y) = &m.implicit else {
+            return vec![0.0; k];
+        };
+        let c = 1.0 / (ratings.len() as f64).sqrt();
+        (0..k)
+            .map(|l| {
+                c * ratings
+                    .iter()
+                    .map(|&(i, _)| y[[i as usize, l]] as f64)
+                    .sum::<f64>()
+            })
+            .collect()
+    }
+
+    /// The objective the fold-in minimises, in f64, in the raw p (the user vector is
+    /// p plus the svdpp implicit term, the penalty is on p).
     fn objective(m: &Model, ratings: &[(u32, f32)], bias: f64, p: &[f64]) -> f64 {
         let d = ridge(m, ratings.len());
+        let s = offset(m, ratings);
         let mut loss = 0.0;
         for &(i, r) in ratings {
             let q = m.item_row(i);
-            let pq: f64 = p.iter().zip(q).map(|(a, b)| a * *b as f64).sum();
+            let pq: f64 = p
+                .iter()
+                .zip(&s)
+                .zip(q)
+                .map(|((a, s), b)| (a + s) * *b as f64)
+                .sum();
             let bi = if m.hyper.biased {
                 m.item_bias[i as usize] as f64
             } else {
@@ -478,7 +524,13 @@ mod tests {
     /// moving any coordinate either way does not lower the objective.
     fn check_optimal(m: &Model, ratings: &[(u32, f32)]) {
         let f = fold_in(m, ratings).expect("known items");
-        let p: Vec<f64> = f.factors.iter().map(|&x| x as f64).collect();
+        let s = offset(m, ratings);
+        let p: Vec<f64> = f
+            .factors
+            .iter()
+            .zip(&s)
+            .map(|(&x, s)| x as f64 - s)
+            .collect();
         let b = f.bias as f64;
         let base = objective(m, ratings, b, &p);
         let h = 1e-3;
@@ -510,7 +562,7 @@ mod tests {
 
     #[test]
     fn primal_and_dual_solutions_minimise_the_ridge_objective() {
-        for trainer in [TrainerKind::Sgd, TrainerKind::Gd] {
+        for trainer in [TrainerKind::Sgd, TrainerKind::Gd, TrainerKind::Svdpp] {
             for biased in [true, false] {
                 let m = model(12, 60, biased, trainer);
                 check_optimal(&m, &ratings(40, 60, 1)); // primal: n ≥ k + 1
@@ -521,8 +573,11 @@ mod tests {
 
     #[test]
     fn primal_and_dual_systems_give_the_same_solution() {
-        for n in [3, 8, 9, 30] {
-            let m = model(8, 40, true, TrainerKind::Sgd);
+        for (n, trainer) in [3, 8, 9, 30]
+            .into_iter()
+            .flat_map(|n| [(n, TrainerKind::Sgd), (n, TrainerKind::Svdpp)])
+        {
+            let m = model(8, 40, true, trainer);
             let r = ratings(n, 40, n as u64);
             let p = solve::<false>(&m, &r, Some(false));
             let d = solve::<false>(&m, &r, Some(true));
@@ -560,5 +615,43 @@ mod tests {
         }
         assert!((f.predict(&m, 3) - r[3].1.clamp(1.0, 5.0)).abs() < 1e-3);
         assert!(fold_in(&m, &[(999, 4.0)]).is_none());
+    }
+
+    /// svdpp: ratings made by p + |N|^-½ Σ y_j over the user's rated items are solved
+    /// back to that effective vector (the implicit term from Y, p and b_u by the solve),
+    /// by the closed form and by the SGD fold-in. (That the penalty is on p, not on the
+    /// effective vector, is checked with λ > 0 by the optimality test above.)
+    #[test]
+    fn svdpp_fold_in_recovers_a_planted_user_with_its_implicit_term() {
+        let mut m = model(6, 120, true, TrainerKind::Svdpp);
+        m.hyper.reg = 0.0;
+        m.hyper.reg_bias = 0.0;
+        let p: Vec<f32> = (0..6).map(|j| (j as f32 - 2.5) / 8.0).collect();
+        let bu = -0.2f32;
+        let items: Vec<u32> = (0..120).step_by(2).collect();
+        let s = m.implicit_term(items.iter().copied()).unwrap();
+        let z: Vec<f32> = p.iter().zip(&s).map(|(a, b)| a + b).collect();
+        let r: Vec<(u32, f32)> = items
+            .iter()
+            .map(|&i| {
+                let pq = crate::model::dot(&z, m.item_row(i));
+                (i, m.global_mean + bu + m.item_bias[i as usize] + pq)
+            })
+            .collect();
+        let f = fold_in(&m, &r).unwrap();
+        assert!((f.bias - bu).abs() < 1e-3, "bias {}", f.bias);
+        for (a, b) in f.factors.iter().zip(&z) {
+            assert!((a - b).abs() < 1e-3, "{a} vs {b}");
+        }
+        // The SGD fold-in starts from p = 0, i.e. from the implicit term alone, and
+        // with enough constant-step passes reaches the same fit.
+        m.hyper.epochs = 1000;
+        m.hyper.lr_decay = 1.0;
+        let sg = fold_in_sgd(&m, &r).unwrap();
+        let err: f32 = r
+            .iter()
+            .map(|&(i, v)| (sg.predict(&m, i) - v.clamp(1.0, 5.0)).abs())
+            .fold(0.0, f32::max);
+        assert!(err < 0.01, "sgd fold-in max error {err}");
     }
 }

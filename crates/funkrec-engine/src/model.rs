@@ -59,10 +59,15 @@ pub struct Model {
     pub global_mean: f32,
     pub user_bias: Array1<f32>,
     pub item_bias: Array1<f32>,
-    /// P: one row per user, `hyper.factors` columns.
+    /// P: one row per user, `hyper.factors` columns. For `svdpp` each row is the
+    /// user's *effective* vector p_u + |N(u)|^-½ Σ_{j∈N(u)} y_j (N(u): the items the
+    /// user rated in training), so serving is the same one pass over Q as for `sgd`.
     pub user_factors: Array2<f32>,
     /// Q: one row per item, `hyper.factors` columns.
     pub item_factors: Array2<f32>,
+    /// `svdpp` only: Y, the implicit item factors (one row per item), which fold-in
+    /// needs to rebuild a user's implicit term from the items they rated now.
+    pub implicit: Option<Array2<f32>>,
     /// Training ratings per item (for popularity fallback).
     pub item_counts: Vec<u32>,
     /// Sum of training ratings per item (for the damped mean).
@@ -355,6 +360,7 @@ impl Model {
             item_bias: Array1::zeros(ni),
             user_factors: Array2::zeros((nu, k)),
             item_factors: Array2::zeros((ni, k)),
+            implicit: None,
             item_counts: vec![0; ni],
             item_sums: vec![0.0; ni],
             users,
@@ -387,6 +393,31 @@ impl Model {
         let k = self.factors();
         let s = self.item_factors.as_slice().expect("row-major factors");
         &s[i as usize * k..(i as usize + 1) * k]
+    }
+
+    /// The `svdpp` implicit term |N|^-½ Σ_{j∈N} y_j for the rated items `items` (indices
+    /// outside the model are skipped; N counts the rest), or None when the model has no
+    /// implicit factors or no item is known.
+    pub fn implicit_term(&self, items: impl IntoIterator<Item = u32>) -> Option<Vec<f32>> {
+        let y = self.implicit.as_ref()?;
+        let k = self.factors();
+        let ys = y.as_slice().expect("row-major factors");
+        let mut sum = vec![0.0f32; k];
+        let mut n = 0usize;
+        for j in items {
+            if let Some(row) = ys.get(j as usize * k..(j as usize + 1) * k) {
+                for (s, &v) in sum.iter_mut().zip(row) {
+                    *s += v;
+                }
+                n += 1;
+            }
+        }
+        if n == 0 {
+            return None;
+        }
+        let c = 1.0 / (n as f32).sqrt();
+        sum.iter_mut().for_each(|s| *s *= c);
+        Some(sum)
     }
 
     /// Unclamped prediction by dense index; an unknown side (None) drops its terms.

@@ -16,6 +16,8 @@ pub enum TrainerKind {
     Gd,
     /// Simon Funk's feature-at-a-time training on cached residuals.
     Funk,
+    /// SVD++ (Koren 2008): SGD with implicit feedback from the items each user rated.
+    Svdpp,
 }
 
 impl TrainerKind {
@@ -24,6 +26,7 @@ impl TrainerKind {
             TrainerKind::Sgd => "sgd",
             TrainerKind::Gd => "gd",
             TrainerKind::Funk => "funk",
+            TrainerKind::Svdpp => "svdpp",
         }
     }
 }
@@ -173,6 +176,8 @@ impl Hyper {
                 init_std: 0.05,
                 ..sgd
             },
+            // Tuned on MovieLens 100K u1–u5 (docs/accuracy.md, SVD++).
+            TrainerKind::Svdpp => Hyper { trainer, ..sgd },
         }
     }
 
@@ -183,7 +188,7 @@ impl Hyper {
             TrainerKind::Funk => {
                 self.epochs * (self.factors * self.funk_cycles + usize::from(self.biased))
             }
-            TrainerKind::Sgd | TrainerKind::Gd => self.epochs,
+            TrainerKind::Sgd | TrainerKind::Gd | TrainerKind::Svdpp => self.epochs,
         }
     }
 

@@ -12,8 +12,11 @@ use std::path::Path;
 
 /// First 8 bytes of every model file.
 pub const MAGIC: &[u8; 8] = b"FUNKREC\0";
-/// Bumped whenever the layout changes; older versions are refused.
-pub const FORMAT_VERSION: u32 = 1;
+/// Bumped whenever the layout changes. Version 2 added the `svdpp` implicit factors
+/// (a header flag and, when set, Y after the item sums); version 1 files still load.
+pub const FORMAT_VERSION: u32 = 2;
+/// The oldest version [`from_bytes`] still reads.
+pub const OLDEST_READABLE: u32 = 1;
 
 /// JSON header: everything but the arrays.
 #[derive(Serialize, Deserialize)]
@@ -24,6 +27,9 @@ struct Header {
     n_users: u64,
     n_items: u64,
     factors: u64,
+    /// Whether Y (items × factors) follows the item sums (version 2; absent in 1).
+    #[serde(default)]
+    implicit: bool,
 }
 
 fn put_u32(buf: &mut Vec<u8>, v: u32) {
@@ -50,7 +56,8 @@ fn encoded_len(model: &Model, header_len: usize) -> usize {
     let (nu, ni, k) = (model.n_users(), model.n_items(), model.factors());
     let framing = MAGIC.len() + 4 + 4 + header_len + 4; // magic, version, header, CRC
     let arrays = 4 * (nu + ni) * (1 + k) + (4 + 8) * ni; // biases, factors, item counts and sums
-    framing + ids(&model.users) + ids(&model.items) + arrays
+    let implicit = model.implicit.as_ref().map_or(0, |y| 4 * y.len());
+    framing + implicit + ids(&model.users) + ids(&model.items) + arrays
 }
 
 /// Serialises a model: magic, version, header length, JSON header, arrays, CRC32.
@@ -62,6 +69,7 @@ pub fn to_bytes(model: &Model) -> Vec<u8> {
         n_users: model.n_users() as u64,
         n_items: model.n_items() as u64,
         factors: model.factors() as u64,
+        implicit: model.implicit.is_some(),
     };
     let header = serde_json::to_vec(&header).expect("header serialises");
     let mut buf = Vec::with_capacity(encoded_len(model, header.len()));
@@ -80,6 +88,9 @@ pub fn to_bytes(model: &Model) -> Vec<u8> {
     }
     for &s in &model.item_sums {
         buf.extend_from_slice(&s.to_le_bytes());
+    }
+    if let Some(y) = &model.implicit {
+        put_f32s(&mut buf, y.iter().copied());
     }
     let crc = crc32fast::hash(&buf);
     put_u32(&mut buf, crc);
@@ -138,9 +149,9 @@ pub fn from_bytes(buf: &[u8]) -> Result<Model, String> {
     }
     let mut c = Cursor { buf: body, pos: 8 };
     let version = c.u32()?;
-    if version != FORMAT_VERSION {
+    if !(OLDEST_READABLE..=FORMAT_VERSION).contains(&version) {
         return Err(format!(
-            "format version {version}, this build reads {FORMAT_VERSION}"
+            "format version {version}, this build reads {OLDEST_READABLE}..={FORMAT_VERSION}"
         ));
     }
     let hlen = c.u32()? as usize;
@@ -153,6 +164,9 @@ pub fn from_bytes(buf: &[u8]) -> Result<Model, String> {
     );
     if k != header.hyper.factors {
         return Err("factor count disagrees with hyperparameters".into());
+    }
+    if header.implicit && version < 2 {
+        return Err(format!("implicit factors in a version {version} file"));
     }
     let users = c.ids(nu)?;
     let items = c.ids(ni)?;
@@ -173,6 +187,13 @@ pub fn from_bytes(buf: &[u8]) -> Result<Model, String> {
     for _ in 0..ni {
         item_sums.push(f64::from_le_bytes(c.take(8)?.try_into().unwrap()));
     }
+    let implicit = match header.implicit {
+        true => Some(
+            Array2::from_shape_vec((ni, k), c.f32s(ni.checked_mul(k).ok_or_else(overflow)?)?)
+                .map_err(|e| e.to_string())?,
+        ),
+        false => None,
+    };
     if c.pos != body.len() {
         return Err("trailing bytes".into());
     }
@@ -185,6 +206,7 @@ pub fn from_bytes(buf: &[u8]) -> Result<Model, String> {
         item_bias,
         user_factors,
         item_factors,
+        implicit,
         item_counts,
         item_sums,
         report: header.report,
@@ -255,15 +277,74 @@ mod tests {
         assert_eq!(from_bytes(&to_bytes(&m)).unwrap(), m);
     }
 
+    /// An `svdpp` model: user rows are effective vectors, Y rides along.
+    fn sample_svdpp() -> Model {
+        let mut m = sample();
+        m.hyper.trainer = crate::params::TrainerKind::Svdpp;
+        let mut y = Array2::zeros((3, 2));
+        y[[0, 1]] = 0.75;
+        y[[2, 0]] = -0.125;
+        m.implicit = Some(y);
+        m
+    }
+
+    #[test]
+    fn svdpp_roundtrip_is_exact_and_keeps_y() {
+        let m = sample_svdpp();
+        let back = from_bytes(&to_bytes(&m)).unwrap();
+        assert_eq!(back, m);
+        assert_eq!(back.implicit.as_ref().unwrap()[[0, 1]], 0.75);
+        // without Y the file is 3 × 2 floats shorter (and its header says `false`,
+        // one byte longer than `true`)
+        let mut no_y = m.clone();
+        no_y.implicit = None;
+        assert_eq!(to_bytes(&m).len() - to_bytes(&no_y).len(), 4 * 6 - 1);
+    }
+
+    /// A version 1 file, written by the code before the format carried Y (commit
+    /// 9312843): `funkrec train --data tiny.data --out model-v1.bin --factors 2
+    /// --epochs 3` on the ratings listed in `tests/fixtures/README.md`. It still loads,
+    /// as a model without implicit factors, and saves again as the current version.
+    #[test]
+    fn a_version_1_file_still_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/model-v1.bin");
+        let bytes = fs::read(&path).unwrap();
+        assert_eq!(
+            &bytes[8..12],
+            &1u32.to_le_bytes(),
+            "the fixture is version 1"
+        );
+        let m = load(&path).unwrap();
+        assert!(m.implicit.is_none());
+        assert_eq!(m.hyper.trainer, crate::params::TrainerKind::Sgd);
+        assert_eq!((m.n_users(), m.n_items(), m.factors()), (3, 4, 2));
+        assert_eq!(m.users.get("alice"), Some(0));
+        assert_eq!(m.report.epochs.len(), 3);
+        let p = m.predict("alice", "matrix");
+        assert!(p.known_user && p.known_item && (1.0..=5.0).contains(&p.rating));
+        let again = to_bytes(&m);
+        assert_eq!(&again[8..12], &FORMAT_VERSION.to_le_bytes());
+        assert_eq!(from_bytes(&again).unwrap(), m);
+        // an unknown (newer) version is refused with its number
+        let mut v3 = bytes.clone();
+        v3[8..12].copy_from_slice(&99u32.to_le_bytes());
+        let body = v3.len() - 4;
+        let crc = crc32fast::hash(&v3[..body]);
+        v3[body..].copy_from_slice(&crc.to_le_bytes());
+        assert!(from_bytes(&v3).unwrap_err().contains("format version 99"));
+    }
+
     #[test]
     fn buffer_is_allocated_once() {
         let bytes = to_bytes(&sample());
+        assert_eq!(bytes.capacity(), bytes.len());
+        let bytes = to_bytes(&sample_svdpp());
         assert_eq!(bytes.capacity(), bytes.len());
     }
 
     #[test]
     fn every_truncation_and_bitflip_is_detected() {
-        let bytes = to_bytes(&sample());
+        let bytes = to_bytes(&sample_svdpp());
         for cut in 0..bytes.len() {
             assert!(from_bytes(&bytes[..cut]).is_err(), "cut at {cut}");
         }

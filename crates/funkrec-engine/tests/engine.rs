@@ -3,13 +3,23 @@
 #[path = "support/svd.rs"]
 mod svd;
 
-use funkrec_engine::train::{gradient, objective_f64, train, Gradient, Objective};
+use funkrec_engine::train::{
+    gradient, objective_f64, svdpp_gradient, svdpp_objective, train, Gradient, Objective,
+    SvdppParams,
+};
 use funkrec_engine::{eval, Dataset, EpochStats, Hyper, Model, Rating, Scale, TrainerKind};
 use ndarray::Array2;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 use std::ops::ControlFlow;
+
+const ALL: [TrainerKind; 4] = [
+    TrainerKind::Sgd,
+    TrainerKind::Gd,
+    TrainerKind::Funk,
+    TrainerKind::Svdpp,
+];
 
 fn quiet(_: &EpochStats) -> ControlFlow<()> {
     ControlFlow::Continue(())
@@ -116,6 +126,103 @@ fn analytic_gradient_matches_symmetric_difference_quotient_in_f64() {
         }
         assert!(worst < 1e-6);
     }
+}
+
+/// Every SVD++ parameter (biases, raw P, Q, then Y) by flat index.
+fn svdpp_param_mut(t: &mut SvdppParams, j: usize) -> &mut f64 {
+    let n = param_count(&t.base);
+    if j < n {
+        return param_mut(&mut t.base, j);
+    }
+    t.implicit.iter_mut().nth(j - n).unwrap()
+}
+
+#[test]
+fn svdpp_gradient_matches_symmetric_difference_quotient_in_f64() {
+    let mut rng = ChaCha8Rng::seed_from_u64(21);
+    let (nu, ni, k) = (6, 7, 3);
+    let mut ratings = Vec::new();
+    for u in 0..nu {
+        for i in 0..ni {
+            // user 5 rates nothing: its p_u only feels the penalty
+            if u < 5 && rng.gen_bool(0.5) {
+                ratings.push(Rating {
+                    user: u,
+                    item: i,
+                    value: rng.gen_range(1..=5) as f32,
+                });
+            }
+        }
+    }
+    for biased in [true, false] {
+        let theta = SvdppParams {
+            base: Gradient {
+                user_bias: normal_matrix(&mut rng, 1, nu as usize, 0.5)
+                    .row(0)
+                    .to_owned(),
+                item_bias: normal_matrix(&mut rng, 1, ni as usize, 0.5)
+                    .row(0)
+                    .to_owned(),
+                user_factors: normal_matrix(&mut rng, nu as usize, k, 0.7),
+                item_factors: normal_matrix(&mut rng, ni as usize, k, 0.7),
+            },
+            implicit: normal_matrix(&mut rng, ni as usize, k, 0.7),
+        };
+        let obj = Objective {
+            mu: 3.2,
+            reg: 0.13,
+            reg_bias: 0.07,
+            biased,
+        };
+        let g = svdpp_gradient(&theta, &obj, &ratings);
+        let h = 1e-5;
+        let count = param_count(&theta.base) + theta.implicit.len();
+        let mut nonzero_y = 0;
+        for j in 0..count {
+            let mut plus = theta.clone();
+            *svdpp_param_mut(&mut plus, j) += h;
+            let mut minus = theta.clone();
+            *svdpp_param_mut(&mut minus, j) -= h;
+            let numeric = (svdpp_objective(&plus, &obj, &ratings)
+                - svdpp_objective(&minus, &obj, &ratings))
+                / (2.0 * h);
+            let analytic = *svdpp_param_mut(&mut g.clone(), j);
+            let rel = (analytic - numeric).abs() / analytic.abs().max(numeric.abs()).max(1e-8);
+            assert!(
+                rel < 1e-6,
+                "param {j} of {count} (biased={biased}): analytic {analytic} numeric {numeric}"
+            );
+            if j >= param_count(&theta.base) && analytic.abs() > 1e-3 {
+                nonzero_y += 1;
+            }
+        }
+        // Y's gradient carries data terms, not only the penalty's.
+        assert!(nonzero_y > theta.implicit.len() / 2, "{nonzero_y}");
+    }
+    // With Y = 0 the SVD++ objective is the plain one.
+    let plain = Gradient {
+        user_bias: normal_matrix(&mut rng, 1, nu as usize, 0.5)
+            .row(0)
+            .to_owned(),
+        item_bias: normal_matrix(&mut rng, 1, ni as usize, 0.5)
+            .row(0)
+            .to_owned(),
+        user_factors: normal_matrix(&mut rng, nu as usize, k, 0.7),
+        item_factors: normal_matrix(&mut rng, ni as usize, k, 0.7),
+    };
+    let obj = Objective {
+        mu: 3.0,
+        reg: 0.1,
+        reg_bias: 0.05,
+        biased: true,
+    };
+    let with_y = SvdppParams {
+        base: plain.clone(),
+        implicit: Array2::zeros((ni as usize, k)),
+    };
+    let a = svdpp_objective(&with_y, &obj, &ratings);
+    let b = objective_f64(&plain, &obj, &ratings);
+    assert!((a - b).abs() < 1e-9 * b, "{a} vs {b}");
 }
 
 // ---------------------------------------------------------------- Eckart–Young
@@ -252,6 +359,17 @@ fn planted_hyper(trainer: TrainerKind) -> Hyper {
             init_std: 0.1,
             ..base
         },
+        TrainerKind::Svdpp => Hyper {
+            trainer,
+            epochs: 120,
+            lr: 0.01,
+            lr_bias: 0.01,
+            reg: 0.02,
+            reg_bias: 0.01,
+            lr_decay: 0.99,
+            init_std: 0.1,
+            ..base
+        },
         TrainerKind::Funk => Hyper {
             trainer,
             epochs: 50,
@@ -270,7 +388,7 @@ fn planted_hyper(trainer: TrainerKind) -> Hyper {
 #[test]
 fn every_trainer_recovers_a_planted_model_to_the_noise_level() {
     let data = planted(3);
-    for trainer in [TrainerKind::Sgd, TrainerKind::Gd, TrainerKind::Funk] {
+    for trainer in ALL {
         let model = train(&data.train, &planted_hyper(trainer), None, &mut quiet).unwrap();
         let rmse = eval::rmse(&model, &data.test);
         assert!(
@@ -279,6 +397,83 @@ fn every_trainer_recovers_a_planted_model_to_the_noise_level() {
             data.sigma
         );
     }
+}
+
+/// μ + b_u + b_i + q_i·(p_u + |N(u)|^-½ Σ_{j∈N(u)} y_j) + N(0, σ²), N(u) the user's
+/// training items; 10% held out (chosen before the values, so N(u) is known).
+fn planted_svdpp(seed: u64) -> Planted {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let (nu, ni, rank, sigma) = (300, 200, 3, 0.25);
+    let p = normal_matrix(&mut rng, nu, rank, 0.5);
+    let q = normal_matrix(&mut rng, ni, rank, 0.7);
+    let y = normal_matrix(&mut rng, ni, rank, 0.7);
+    let bu = normal_matrix(&mut rng, nu, 1, 0.3);
+    let bi = normal_matrix(&mut rng, ni, 1, 0.3);
+    let noise = Normal::new(0.0, sigma).unwrap();
+    let mut all = Vec::new();
+    for u in 0..nu {
+        let mut rated: Vec<(usize, bool)> = Vec::new();
+        for i in 0..ni {
+            if rng.gen_bool(0.3) {
+                rated.push((i, rng.gen_bool(0.1)));
+            }
+        }
+        let train_items: Vec<usize> = rated.iter().filter(|e| !e.1).map(|e| e.0).collect();
+        let mut z = p.row(u).to_owned();
+        let c = 1.0 / (train_items.len().max(1) as f64).sqrt();
+        for &j in &train_items {
+            z.scaled_add(c, &y.row(j));
+        }
+        for (i, held) in rated {
+            let r = 3.0 + bu[[u, 0]] + bi[[i, 0]] + z.dot(&q.row(i)) + noise.sample(&mut rng);
+            all.push((u, i, r, held));
+        }
+    }
+    let train = dataset_from(all.iter().filter(|e| !e.3).map(|e| (e.0, e.1, e.2)));
+    let test = all
+        .iter()
+        .filter(|e| e.3)
+        .map(|&(u, i, r, _)| Rating {
+            user: train.users.get(&format!("u{u}")).unwrap_or(u32::MAX),
+            item: train.items.get(&format!("i{i}")).unwrap_or(u32::MAX),
+            value: r as f32,
+        })
+        .collect();
+    Planted { train, test, sigma }
+}
+
+/// SVD++ fits data generated by an SVD++ model to the noise level, and the fitted
+/// model's implicit factors carry the signal: its users' vectors minus their implicit
+/// terms predict worse than the full vectors.
+#[test]
+fn svdpp_recovers_a_planted_svdpp_model_to_the_noise_level() {
+    let data = planted_svdpp(13);
+    let model = train(
+        &data.train,
+        &planted_hyper(TrainerKind::Svdpp),
+        None,
+        &mut quiet,
+    )
+    .unwrap();
+    let rmse = eval::rmse(&model, &data.test);
+    assert!(
+        rmse <= data.sigma * 1.15,
+        "svdpp: held-out RMSE {rmse:.4} vs noise σ {}",
+        data.sigma
+    );
+    let mut rated = vec![Vec::new(); model.n_users()];
+    for r in &data.train.ratings {
+        rated[r.user as usize].push(r.item);
+    }
+    let mut raw = model.clone();
+    for (u, items) in rated.iter().enumerate() {
+        let s = model.implicit_term(items.iter().copied()).unwrap();
+        for (x, s) in raw.user_factors.row_mut(u).iter_mut().zip(&s) {
+            *x -= s;
+        }
+    }
+    let without = eval::rmse(&raw, &data.test);
+    assert!(without > rmse * 1.2, "without Y {without:.4} vs {rmse:.4}");
 }
 
 fn baseline_loss(ds: &Dataset) -> f64 {
@@ -309,7 +504,7 @@ fn gd_loss_never_increases() {
 #[test]
 fn sgd_and_funk_end_well_below_where_they_start() {
     let data = planted(5);
-    for trainer in [TrainerKind::Sgd, TrainerKind::Funk] {
+    for trainer in [TrainerKind::Sgd, TrainerKind::Funk, TrainerKind::Svdpp] {
         let model = train(&data.train, &planted_hyper(trainer), None, &mut quiet).unwrap();
         let first = model.report.epochs.first().unwrap().loss;
         let last = model.report.epochs.last().unwrap().loss;
@@ -325,7 +520,7 @@ fn sgd_and_funk_end_well_below_where_they_start() {
 #[test]
 fn training_is_deterministic_for_a_seed_with_one_thread() {
     let data = planted(6);
-    for trainer in [TrainerKind::Sgd, TrainerKind::Gd, TrainerKind::Funk] {
+    for trainer in ALL {
         let h = Hyper {
             epochs: 5,
             threads: 1,
@@ -346,7 +541,7 @@ fn training_is_deterministic_for_a_seed_with_one_thread() {
 #[test]
 fn validation_rmse_is_reported_per_epoch() {
     let data = planted(7);
-    for trainer in [TrainerKind::Sgd, TrainerKind::Gd, TrainerKind::Funk] {
+    for trainer in ALL {
         let h = Hyper {
             epochs: 4,
             ..planted_hyper(trainer)
@@ -515,14 +710,22 @@ fn training_in_place_equals_training_on_a_copy() {
 /// retrain that saw the same half, close to the noise level.
 #[test]
 fn new_users_folded_in_predict_as_well_as_a_retrain() {
-    let pl = planted(11);
-    let hyper = planted_hyper(TrainerKind::Sgd);
+    for (pl, trainer) in [
+        (planted(11), TrainerKind::Sgd),
+        (planted_svdpp(11), TrainerKind::Svdpp),
+    ] {
+        new_users_case(pl, trainer);
+    }
+}
+
+fn new_users_case(pl: Planted, trainer: TrainerKind) {
+    let hyper = planted_hyper(trainer);
     let r = eval::evaluate_new_users(&pl.train, 0.2, &hyper, &mut quiet).unwrap();
     assert!(r.new_users >= 50, "{r:?}");
     assert!(r.test_ratings > 1000, "{r:?}");
     assert!(
         r.fold_in_rmse < r.retrain_rmse * 1.05,
-        "fold-in {} vs retrain {}",
+        "{trainer}: fold-in {} vs retrain {}",
         r.fold_in_rmse,
         r.retrain_rmse
     );

@@ -1,8 +1,9 @@
-//! Trainers: `sgd`, `gd` and `funk`, behind one entry point with a per-epoch callback.
+//! Trainers: `sgd`, `gd`, `funk` and `svdpp`, behind one entry point with a per-epoch callback.
 
 mod funk;
 mod gd;
 pub mod sgd;
+mod svdpp;
 
 use crate::data::{mean_of, Dataset, IdMap, Rating};
 use crate::error::EngineError;
@@ -15,6 +16,7 @@ use std::ops::ControlFlow;
 use std::time::Instant;
 
 pub use gd::{gradient, objective_f64, Gradient, Objective};
+pub use svdpp::{svdpp_gradient, svdpp_objective, SvdppParams};
 
 /// Called after every epoch; `Break` stops training early (the model so far is returned).
 pub type EpochCallback<'a> = dyn FnMut(&EpochStats) -> ControlFlow<()> + 'a;
@@ -92,6 +94,10 @@ pub fn train_ratings(
         TrainerKind::Funk => {
             let mut report = reporter(None, validation, &mut epochs, on_epoch);
             funk::run(&mut model, ratings, validation, &mut report);
+        }
+        TrainerKind::Svdpp => {
+            let mut report = reporter(None, validation, &mut epochs, on_epoch);
+            svdpp::run(&mut model, ratings, validation, &mut report);
         }
     }
     model.report.epochs = epochs;
