@@ -11,8 +11,14 @@
 #   healthz     GET /healthz
 #   prediction  GET /v1/users/{u}/predictions/{i}  random known user 1..943, item 1..1682
 #   top10       GET /v1/users/{u}/recommendations?n=10  random known user
-# and prints req/s, p50 and p99 per run, the medians, the top10/healthz throughput ratio
-# per round and whether the targets hold (exit 1 if not).
+#   top10_foldin  the same top10 run while a fold-in write mix runs beside it: one more
+#               wrk (1 thread, 1 connection, FOLDIN_DELAY_MS=1 ms between requests) posts
+#               single ratings of known users (1..943, random item), so a user's next
+#               recommendation is folded in (solved again from the store); its own line
+#               is `foldin_writes`
+# and prints req/s, p50 and p99 per run, the medians, the top10/healthz and
+# top10_foldin/healthz throughput ratios per round and whether the targets hold (exit 1
+# if not).
 #
 #   scripts/bench-serve.sh      # BENCH_SECS=10 BENCH_ROUNDS=3 BENCH_CONNECTIONS=64 BENCH_THREADS=2
 source "$(dirname "$0")/bench-common.sh"
@@ -29,6 +35,12 @@ for round in $(seq 1 "$ROUNDS"); do
   run_wrk healthz "$round" "$CONN" healthz.lua /healthz
   run_wrk prediction "$round" "$CONN" predict.lua /
   run_wrk top10 "$round" "$CONN" recs.lua /
+  # the write mix runs a little longer than the measured top10 run, on both sides
+  (THREADS=1 SECS=$((SECS + 2)) run_wrk foldin_writes "$round" 1 post-known.lua /v1/ratings) &
+  writer=$!
+  sleep 1
+  run_wrk top10_foldin "$round" "$CONN" recs.lua /
+  wait "$writer"
 done
 kill -0 "$SERVER_PID" 2>/dev/null || { echo "the server died"; tail -50 "$DATA/server.log"; exit 1; }
 python3 "$ROOT/scripts/bench-summary.py" "$RESULTS" serve "$CONN" 0

@@ -36,7 +36,15 @@ if mode == "serve":
     ratios = [t[k]["rps"] / h[k]["rps"] for k in sorted(t) if k in h]
     check("top-10 thrpt >= 0.5 x healthz thrpt (same round)", med(ratios) >= 0.5,
           f"median ratio {med(ratios):.3f}; per round {', '.join(f'{x:.3f}' for x in ratios)}")
-    for name in ("healthz", "prediction", "top10"):
+    if "top10_foldin" in runs:
+        f = runs["top10_foldin"]
+        ratios = [f[k]["rps"] / h[k]["rps"] for k in sorted(f) if k in h]
+        check("top-10 with the fold-in write mix >= 0.5 x healthz thrpt (same round)",
+              med(ratios) >= 0.5,
+              f"median ratio {med(ratios):.3f}; per round {', '.join(f'{x:.3f}' for x in ratios)}")
+    for name in ("healthz", "prediction", "top10", "top10_foldin"):
+        if name not in runs:
+            continue
         p99 = med([x["p99"] for x in runs[name].values()])
         check(f"p99 <= 5 ms at {conns} connections, {name}", p99 <= 5.0, f"median p99 {p99:.2f} ms")
 else:

@@ -12,7 +12,14 @@ import sys
 import time
 
 from funkrec_client import AuthenticatedClient, Client
-from funkrec_client.api.dashboard import dashboard, dashboard_script, dashboard_session, dashboard_style
+from funkrec_client.api.dashboard import (
+    dashboard,
+    dashboard_script,
+    dashboard_session,
+    dashboard_style,
+    ingestion,
+    ingestion_svg,
+)
 from funkrec_client.api.health import healthz, metrics, readyz
 from funkrec_client.api.meta import openapi
 from funkrec_client.api.model import (
@@ -22,7 +29,7 @@ from funkrec_client.api.model import (
     model_history_svg,
     train,
 )
-from funkrec_client.api.ratings import delete_rating, list_ratings, post_ratings
+from funkrec_client.api.ratings import delete_rating, forget_user, list_ratings, post_ratings, retire_item
 from funkrec_client.api.serving import prediction, recommendations, similar
 from funkrec_client.models import (
     Accepted,
@@ -30,6 +37,7 @@ from funkrec_client.models import (
     ErrorBody,
     Health,
     Hyper,
+    Ingestion,
     ModelHistory,
     ModelInfo,
     ModelState,
@@ -142,6 +150,25 @@ assert [v.version for v in hist.versions] == [info.version], hist
 assert hist.versions[-1].holdout_rmse == info.holdout_rmse, hist
 plot = check("model_history_svg", model_history_svg.sync_detailed(client=client), 200, str)
 assert plot.startswith("<svg"), plot[:100]
+
+# forget on request: a user's ratings, then an item (admin)
+check("forget_user", forget_user.sync_detailed("u39", client=client), 204, None)
+assert list_ratings.sync(user="u39", client=client).total == 0
+after = recommendations.sync(user="u39", client=client, n=5)
+assert isinstance(after, Recommendations) and after.fallback, after
+nobody = forget_user.sync_detailed("never-rated", client=client).parsed
+assert isinstance(nobody, ErrorBody) and nobody.error.code.value == "user_not_found", nobody
+check("retire_item", retire_item.sync_detailed("i29", client=client), 204, None)
+refused = post_ratings.sync_detailed(client=client, body=RatingInput(user="u0", item="i29", rating=3)).parsed
+assert isinstance(refused, ErrorBody) and refused.error.code.value == "item_retired", refused
+sim = similar.sync(item="i1", client=client, n=29)
+assert all(s.item != "i29" for s in sim.items), sim
+
+stats = check("ingestion", ingestion.sync_detailed(client=client), 200, Ingestion)
+assert len(stats.written_per_minute) == 60 and sum(stats.written_per_minute) >= len(ratings), stats
+assert stats.model_version == info.version and sum(b.count for b in stats.distribution) == len(ratings), stats
+bars = check("ingestion_svg", ingestion_svg.sync_detailed(client=client), 200, str)
+assert bars.count("<circle") == 60 and bars.count('opacity="0.8"') == len(stats.distribution), bars[:200]
 
 text = check("metrics", metrics.sync_detailed(client=open_client), 200, str)
 assert "funkrec" in text, text[:200]

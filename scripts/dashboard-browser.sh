@@ -2,7 +2,8 @@
 # The dashboard in a real browser: installs Debian's chromium when missing and
 # playwright-core (pinned, from npm) into a cache directory, starts the real server with
 # API keys on MovieLens-sized synthetic data (`funkrec synth`, 943 users x 1,682 items,
-# 100,000 ratings) or the ratings file in $DASHBOARD_DATA, trains a model, and runs
+# 100,000 ratings) or the ratings file in $DASHBOARD_DATA, trains a model, posts 200
+# ratings through the API (for the Ingestion section), and runs
 # scripts/dashboard_browser.mjs in headless Chromium. Screenshot:
 # target/dashboard/dashboard.png.
 #
@@ -69,6 +70,15 @@ for _ in $(seq 1 600); do
   if curl -fsS "${auth[@]}" "$BASE/v1/model" | grep -q '"state":"ready"'; then break; fi
   sleep 0.5
 done
+
+# a few ratings through the API, so the Ingestion section's per-minute plot shows them
+python3 - >"$WORK/batch.json" <<'PY'
+import json
+print(json.dumps({"ratings": [{"user": f"dash-{u}", "item": str(1 + (u * 7 + i) % 1682), "rating": 1 + (u + i) % 5}
+                              for u in range(20) for i in range(10)]}))
+PY
+curl -fsS -X POST "${auth[@]}" -H 'content-type: application/json' --data @"$WORK/batch.json" \
+  "$BASE/v1/ratings" >/dev/null
 
 mkdir -p "$SHOTS"
 echo "== headless chromium"

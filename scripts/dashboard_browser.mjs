@@ -62,6 +62,21 @@ try {
   await page.locator("#recs-table tbody tr").first().waitFor();
   check((await page.locator("#recs-table tbody tr").count()) === 10, "read key: user 1's top 10");
 
+  // ingestion (any key): the per-minute plot (60 markers) and the rating histogram
+  await page.locator("#ingestion-plot svg").waitFor();
+  const ingestion = await getJson("/v1/stats/ingestion", READER);
+  const minutes = await page.locator("#ingestion-plot svg circle").count();
+  check(minutes === 60 && ingestion.written_per_minute.length === 60, `ingestion plot: ${minutes} per-minute points`);
+  const written = ingestion.written_per_minute.reduce((a, b) => a + b, 0);
+  check(written >= 200, `ingestion: ${written} ratings written in the last hour (200 posted by the test)`);
+  const bars = await page.locator('#ingestion-plot svg rect[opacity="0.8"]').count();
+  check(ingestion.distribution.length > 0 && bars === ingestion.distribution.length,
+    `rating histogram: ${bars} bars for ${ingestion.distribution.length} ratings values`);
+  check((await page.locator("#minutes-table tbody tr").count()) === 60, "ingestion table: 60 minutes");
+  check((await page.locator("#distribution-table tbody tr").count()) === ingestion.distribution.length, "histogram table");
+  const ingestionLabel = await page.getAttribute("#ingestion-plot svg", "aria-label");
+  check(ingestionLabel && ingestionLabel.includes(written + " in all"), "ingestion text alternative: " + ingestionLabel);
+
   // forget the key, use the admin key
   await page.click("#signout");
   await page.locator("#login").waitFor({ state: "visible" });

@@ -73,13 +73,16 @@ pub struct UserNow {
 /// Resolves the vector serving `user` from `snap`, folding in when the user's ratings
 /// changed since the snapshot (or the snapshot does not know them); reads the store
 /// only for a user who must be folded and is not cached. The rated items are filled
-/// in only when `need_rated` is true.
+/// in only when `need_rated` is true. A `forgotten` user (all their ratings deleted
+/// after the snapshot was trained, [`crate::forget`]) never gets the snapshot's vector:
+/// they are always folded from the store (no ratings: [`UserVector::None`]).
 pub async fn user_now(
     snap: &Snapshot,
     recent: &RecentWrites,
     store: &Store,
     user: &UserId,
     need_rated: bool,
+    forgotten: bool,
 ) -> Result<UserNow, StoreError> {
     let m = &snap.model;
     let name = user.as_str();
@@ -93,6 +96,7 @@ pub async fn user_now(
         };
         let fold = match (last, known) {
             (Some(seq), _) => Some(seq),
+            (None, _) if forgotten => Some(0),
             (None, None) if !r.index.items(name, None).is_empty() => Some(0),
             (None, _) => None,
         };
@@ -119,7 +123,7 @@ pub async fn user_now(
         // The rated index is not built yet or the recent writes overflowed: the store
         // says what the user rated. A known user keeps the snapshot's vector (whether
         // it changed is unknown without the index); an unknown one is folded, uncached.
-        None => match known {
+        None => match known.filter(|_| !forgotten) {
             Some(u) => Ok(UserNow {
                 vector: UserVector::Snapshot(u),
                 rated: match need_rated {

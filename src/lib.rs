@@ -6,6 +6,7 @@ pub mod config;
 pub mod domain;
 pub mod fdlimit;
 pub mod foldin;
+pub mod forget;
 pub mod http;
 pub mod malloc;
 pub mod metrics;

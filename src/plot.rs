@@ -1,5 +1,5 @@
-//! Line charts as SVG text (plotters' SVG backend), shared by the dashboard's plot
-//! endpoints and the `--plot` option of `train` and `eval`.
+//! Line and bar charts as SVG text (plotters' SVG backend), shared by the dashboard's
+//! plot endpoints and the `--plot` option of `train` and `eval`.
 
 use plotters::prelude::*;
 
@@ -109,6 +109,77 @@ fn draw<DB: DrawingBackend>(
     Ok(())
 }
 
+/// A bar chart: one bar per `(x, count)`, each `width` wide and centred on x.
+pub struct Bars<'a> {
+    pub title: &'a str,
+    pub x_label: &'a str,
+    pub y_label: &'a str,
+    pub bars: &'a [(f64, f64)],
+    pub width: f64,
+}
+
+/// A line chart above a bar chart, in one SVG document, each `SIZE` large. Every bar
+/// is one `<rect>` with an `opacity` attribute (the only ones that have one), so a
+/// reader can count them.
+pub fn svg_line_and_bars(line: &Chart, bars: &Bars) -> String {
+    let mut out = String::new();
+    {
+        let root = SVGBackend::with_string(&mut out, (SIZE.0, SIZE.1 * 2)).into_drawing_area();
+        let (top, bottom) = root.split_vertically(SIZE.1);
+        let drawn = root
+            .fill(&WHITE)
+            .map_err(|e| e.to_string())
+            .and_then(|_| draw(line, &top).map_err(|e| e.to_string()))
+            .and_then(|_| draw_bars(bars, &bottom).map_err(|e| e.to_string()))
+            .and_then(|_| root.present().map_err(|e| e.to_string()));
+        if let Err(e) = drawn {
+            tracing::warn!(error = %e, "plot failed");
+        }
+    }
+    out
+}
+
+fn draw_bars<DB: DrawingBackend>(
+    c: &Bars,
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+    let half = c.width / 2.0;
+    let bars: Vec<(f64, f64)> = c
+        .bars
+        .iter()
+        .copied()
+        .filter(|(x, y)| x.is_finite() && y.is_finite())
+        .collect();
+    let empty = bars.is_empty();
+    let (x0, x1) = match (bars.first(), bars.last()) {
+        (Some(a), Some(b)) => (a.0 - c.width, b.0 + c.width),
+        _ => (0.0, 1.0),
+    };
+    let y1 = bars.iter().map(|b| b.1).fold(1.0f64, f64::max) * 1.05;
+    let title = if empty {
+        format!("{} (no data)", c.title)
+    } else {
+        c.title.to_owned()
+    };
+    let mut chart = ChartBuilder::on(area)
+        .caption(title, ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(x0..x1, 0.0..y1)?;
+    chart
+        .configure_mesh()
+        .x_desc(c.x_label)
+        .y_desc(c.y_label)
+        .light_line_style(WHITE.mix(0.0))
+        .draw()?;
+    let color = Palette99::pick(0).mix(0.8);
+    chart.draw_series(bars.iter().map(|&(x, y)| {
+        Rectangle::new([(x - half * 0.9, 0.0), (x + half * 0.9, y)], color.filled())
+    }))?;
+    Ok(())
+}
+
 /// Train and (when present) validation RMSE per epoch of one run, as series named
 /// `"{prefix}train"` and `"{prefix}validation"`.
 pub fn rmse_series(prefix: &str, epochs: &[funkrec_engine::EpochStats]) -> Vec<Series> {
@@ -158,6 +229,48 @@ mod tests {
         assert!(out.starts_with("<svg"), "{}", &out[..80]);
         assert_eq!(out.matches("<circle").count(), 14);
         for text in ["Learning curve", "epoch", "RMSE", "validation"] {
+            assert!(out.contains(text), "{text} missing");
+        }
+        assert!(
+            !out.contains("style="),
+            "inline styles break the dashboard's CSP"
+        );
+    }
+
+    #[test]
+    fn line_and_bars_one_rect_per_bar() {
+        let line = [Series {
+            name: "ratings".into(),
+            points: (0..60).map(|m| (m as f64, (m % 7) as f64)).collect(),
+        }];
+        let out = svg_line_and_bars(
+            &Chart {
+                title: "Ratings written per minute",
+                x_label: "minute",
+                y_label: "ratings",
+                series: &line,
+            },
+            &Bars {
+                title: "Rating distribution",
+                x_label: "rating",
+                y_label: "ratings",
+                bars: &[
+                    (1.0, 10.0),
+                    (2.0, 5.0),
+                    (3.0, 0.0),
+                    (4.0, 40.0),
+                    (5.0, 20.0),
+                ],
+                width: 1.0,
+            },
+        );
+        assert_eq!(out.matches("<circle").count(), 60);
+        assert_eq!(out.matches("opacity=\"0.8\"").count(), 5, "{out}");
+        for text in [
+            "Ratings written per minute",
+            "Rating distribution",
+            "rating",
+        ] {
             assert!(out.contains(text), "{text} missing");
         }
         assert!(

@@ -11,6 +11,10 @@
 //!   beyond [`MAX_RECENT`] they are dropped; [`RecentWrites::floor`] then says which
 //!   snapshots can no longer be completed from memory, and the caller falls back to the
 //!   store.
+//! * Alongside, for the dashboard's Ingestion section: the ratings written per minute
+//!   over the last hour ([`RecentWrites::written_per_minute`], counted where the writer
+//!   records its commits) and the rating distribution of a snapshot's rows
+//!   ([`RatedIndex::histogram`], counted once when the index is built).
 
 use crate::store::TrainingRows;
 use fixedbitset::FixedBitSet;
@@ -31,6 +35,8 @@ pub struct RatedIndex {
     known: Vec<Box<[u32]>>,
     /// Users the model does not know (e.g. all their ratings were held out).
     other: HashMap<String, Box<[u32]>>,
+    /// (rating rounded to the nearest half, count) over every row read, by rating.
+    histogram: Vec<(f32, u64)>,
 }
 
 impl RatedIndex {
@@ -87,7 +93,13 @@ impl RatedIndex {
         RatedIndex {
             known: known.into_iter().map(seal).collect(),
             other: other.into_iter().map(|(k, v)| (k, seal(v))).collect(),
+            histogram: histogram(&rows.ratings),
         }
+    }
+
+    /// How many of the rows read had each rating (rounded to the nearest half), by rating.
+    pub fn histogram(&self) -> &[(f32, u64)] {
+        &self.histogram
     }
 
     /// Items `user` (model index `index`, if known) had rated.
@@ -98,6 +110,23 @@ impl RatedIndex {
         }
     }
 }
+
+/// (rating rounded to the nearest half, count), by rating: one pass over the rows.
+fn histogram(ratings: &[(u32, u32, f32)]) -> Vec<(f32, u64)> {
+    let mut halves: std::collections::BTreeMap<i64, u64> = Default::default();
+    for &(_, _, r) in ratings {
+        if r.is_finite() {
+            *halves.entry((r * 2.0).round() as i64).or_default() += 1;
+        }
+    }
+    halves
+        .into_iter()
+        .map(|(h, n)| (h as f32 / 2.0, n))
+        .collect()
+}
+
+/// Minutes of per-minute write counts kept.
+pub const MINUTES: usize = 60;
 
 #[derive(Debug, Clone, Copy)]
 struct Entry {
@@ -112,6 +141,8 @@ struct Inner {
     len: usize,
     /// foldhash (seeded per process): these hashes are on the write path.
     by_user: foldhash::HashMap<String, foldhash::HashMap<String, Entry>>,
+    /// Ring of (Unix minute, ratings written in it), slot = minute % [`MINUTES`].
+    minutes: Vec<(u64, u64)>,
 }
 
 /// Committed writes and deletes since the oldest snapshot still completed from memory,
@@ -155,7 +186,7 @@ impl RecentWrites {
     /// Records one committed transaction: `rated` pairs written, or deleted when false.
     /// The writer calls this after the commit and before answering the requests.
     pub fn record<'a>(&self, pairs: impl IntoIterator<Item = (&'a str, &'a str)>, rated: bool) {
-        let n = self.record_pairs(pairs, rated);
+        let n = self.record_pairs(pairs, rated, unix_minute());
         self.changes.fetch_add(n, Ordering::AcqRel);
         self.changed.notify_one();
     }
@@ -164,6 +195,7 @@ impl RecentWrites {
         &self,
         pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
         rated: bool,
+        minute: u64,
     ) -> u64 {
         let mut n = 0;
         let mut g = self.inner.lock().unwrap();
@@ -184,6 +216,16 @@ impl RecentWrites {
                 }
             }
         }
+        if rated && n > 0 {
+            if g.minutes.is_empty() {
+                g.minutes = vec![(0, 0); MINUTES];
+            }
+            let slot = &mut g.minutes[(minute % MINUTES as u64) as usize];
+            if slot.0 != minute {
+                *slot = (minute, 0);
+            }
+            slot.1 += n;
+        }
         if g.len > MAX_RECENT {
             tracing::warn!(
                 pairs = g.len,
@@ -195,6 +237,28 @@ impl RecentWrites {
             g.floor = seq;
         }
         n
+    }
+
+    /// Ratings written (committed by this process; deletions not counted) in each of
+    /// the last [`MINUTES`] minutes, oldest first; the last is the current minute, so far.
+    pub fn written_per_minute(&self) -> Vec<u64> {
+        self.written_per_minute_at(unix_minute())
+    }
+
+    fn written_per_minute_at(&self, now: u64) -> Vec<u64> {
+        let g = self.inner.lock().unwrap();
+        (0..MINUTES as u64)
+            .rev()
+            .map(|ago| {
+                let Some(minute) = now.checked_sub(ago) else {
+                    return 0;
+                };
+                match g.minutes.get((minute % MINUTES as u64) as usize) {
+                    Some(&(m, n)) if m == minute => n,
+                    _ => 0,
+                }
+            })
+            .collect()
     }
 
     /// Forgets what a snapshot with `since` covers (called once it is published).
@@ -245,6 +309,13 @@ impl RecentWrites {
         }
         true
     }
+}
+
+/// Minutes since the Unix epoch.
+fn unix_minute() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() / 60)
 }
 
 /// The items a user has rated now, as a bit set over the snapshot model's items:
@@ -341,6 +412,36 @@ mod tests {
         assert_eq!(from_store, bits, "the same set from the store's ids");
         recent.prune(since + 1);
         assert!(rated_now(&model, &idx, since, &recent, "a", Some(0)).is_none());
+    }
+
+    #[test]
+    fn writes_per_minute_ring_and_histogram() {
+        let r = RecentWrites::new();
+        r.record_pairs([("a", "x"), ("a", "y")], true, 1000);
+        r.record_pairs([("b", "x")], true, 1000);
+        r.record_pairs([("a", "x")], false, 1001); // deletions are not counted
+        r.record_pairs([("c", "x")], true, 1002);
+        let w = r.written_per_minute_at(1002);
+        assert_eq!(w.len(), MINUTES);
+        assert_eq!(&w[MINUTES - 3..], &[3, 0, 1]);
+        assert_eq!(w.iter().sum::<u64>(), 4);
+        // an hour later the old minutes have left the window, and their slots are reused
+        r.record_pairs([("d", "x")], true, 1000 + MINUTES as u64);
+        let w = r.written_per_minute_at(1000 + MINUTES as u64);
+        assert_eq!(
+            w.iter().sum::<u64>(),
+            2,
+            "1002's one and the new one: {w:?}"
+        );
+        assert_eq!(w[MINUTES - 1], 1);
+        let rows = [
+            (1, 1, 4.0),
+            (1, 2, 4.0),
+            (2, 1, 3.5),
+            (2, 2, 1.0),
+            (3, 3, 4.1),
+        ];
+        assert_eq!(histogram(&rows), [(1.0, 1), (3.5, 1), (4.0, 3)]);
     }
 
     #[test]

@@ -54,6 +54,16 @@ impl Application {
                 "no model snapshot yet: serving fallbacks until the first training run"
             ),
         }
+        let forgets = Arc::new(
+            crate::forget::Forgets::load(&store, last_version)
+                .await
+                .context("loading retired items and forgotten users")?,
+        );
+        tokio::spawn(crate::forget::clear_covered(
+            forgets.clone(),
+            &serving,
+            store.clone(),
+        ));
         let listener = bind(&settings).await?;
         let addr = listener.local_addr()?;
         // The writer first: it takes the store's lock, so a refused start leaves no worker.
@@ -72,6 +82,7 @@ impl Application {
             writer,
             recent,
             serving,
+            forgets,
             worker,
             worker_loop: worker_task.abort_handle(),
             metrics: Arc::new(Metrics::new()),

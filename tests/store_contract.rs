@@ -548,3 +548,64 @@ async fn bad_database_urls_are_refused_without_showing_the_password() {
     );
     assert!(!err.contains("hunter2"), "{err}");
 }
+
+contract!(forget_and_retire);
+async fn forget_and_retire(db: &TestDb) {
+    let store = &db.store;
+    let recent = Arc::new(RecentWrites::new());
+    let (w, task) = Writer::start(store, recent.clone()).unwrap();
+    w.upsert(vec![
+        rating("u", "a", 4.0, 1),
+        rating("u", "b", 3.0, 1),
+        rating("v", "a", 5.0, 1),
+        rating("v", "c", 2.0, 1),
+    ])
+    .await
+    .unwrap();
+    assert!(store.forgotten_users().await.unwrap().is_empty());
+    assert!(store.retired_items().await.unwrap().is_empty());
+    let since = recent.seq();
+
+    // forgetting a user deletes every rating of theirs and writes the row
+    assert!(w.forget_user(uid("u"), 7).await.unwrap());
+    assert_eq!(all_of(store, "u").await, vec![]);
+    assert_eq!(all_of(store, "v").await.len(), 2, "others untouched");
+    assert_eq!(store.count_ratings().await.unwrap(), 2);
+    assert_eq!(
+        store.forgotten_users().await.unwrap(),
+        vec![("u".to_owned(), 7)]
+    );
+    // the deleted pairs are recorded (serving folds the user in from nothing)
+    let mut gone = Vec::new();
+    assert!(recent.changes_since("u", since, |i, rated| gone.push((i.to_owned(), rated))));
+    gone.sort();
+    assert_eq!(gone, [("a".to_owned(), false), ("b".to_owned(), false)]);
+    // again: a new tag; an unknown user: false
+    assert!(w.forget_user(uid("u"), 8).await.unwrap());
+    assert!(!w.forget_user(uid("ghost"), 9).await.unwrap());
+    assert_eq!(
+        store.forgotten_users().await.unwrap(),
+        vec![("u".to_owned(), 8)]
+    );
+    // clearing with an old tag keeps the row, with the current one removes it
+    store.clear_forgotten(&[("u".into(), 7)]).await.unwrap();
+    assert_eq!(store.forgotten_users().await.unwrap().len(), 1);
+    store.clear_forgotten(&[("u".into(), 8)]).await.unwrap();
+    assert!(store.forgotten_users().await.unwrap().is_empty());
+
+    // retiring an item deletes its ratings and writes the row
+    w.upsert(vec![rating("u", "a", 1.0, 2)]).await.unwrap();
+    assert!(w.retire_item(iid("a"), 100).await.unwrap());
+    assert!(w.retire_item(iid("a"), 200).await.unwrap(), "idempotent");
+    assert!(!w.retire_item(iid("ghost"), 100).await.unwrap());
+    assert_eq!(store.retired_items().await.unwrap(), vec!["a".to_owned()]);
+    assert_eq!(all_of(store, "v").await, triples(&[("c", 2.0, 1)]));
+    assert_eq!(all_of(store, "u").await, vec![]);
+    // a rating of it that got in anyway is left out of training
+    w.upsert(vec![rating("v", "a", 3.0, 3)]).await.unwrap();
+    let rows = store.load_training_rows().await.unwrap();
+    let items: Vec<&str> = rows.items.iter().map(|(_, s)| s.as_str()).collect();
+    assert!(!items.contains(&"a"), "{items:?}");
+    assert_eq!(rows.ratings.len(), 1, "only v's rating of c");
+    task.finish().await;
+}

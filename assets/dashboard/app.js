@@ -98,6 +98,30 @@ async function start() {
     await refreshModel();
     setInterval(() => refreshModel().catch(showJobError), 1500);
   }
+  await refreshIngestion().catch(showIngestionError);
+  setInterval(() => refreshIngestion().catch(showIngestionError), 30000);
+}
+
+function showIngestionError(e) { $("ingestion-error").textContent = "Could not read the ingestion figures: " + e.message; }
+
+// ---- ingestion (any key) ----
+async function refreshIngestion() {
+  const g = await (await api("/v1/stats/ingestion")).json();
+  const per = g.written_per_minute;
+  const total = per.reduce((a, b) => a + b, 0);
+  fill("minutes-table", per.map((n, i) => [per.length - 1 - i, n]).reverse(), (tr, [ago, n]) => {
+    cell(tr, ago === 0 ? "0 (this minute so far)" : ago); cell(tr, n, "num");
+  });
+  const all = g.distribution.reduce((a, b) => a + b.count, 0);
+  fill("distribution-table", g.distribution, (tr, b) => {
+    cell(tr, fmt(b.rating, 1)); cell(tr, b.count, "num"); cell(tr, all ? fmt(100 * b.count / all, 1) + " %" : "–", "num");
+  });
+  $("ingestion-summary").textContent = total + " ratings written in the last hour (peak " + Math.max(...per) +
+    " in a minute). Distribution: " + (all ? all + " ratings of model version " + g.model_version : "no model yet") + ".";
+  $("ingestion-error").textContent = "";
+  await plot("ingestion-plot", "/v1/stats/ingestion.svg",
+    "Ratings written per minute over the last hour (" + total + " in all), and the rating distribution as a histogram (" +
+    g.distribution.length + " bars); numbers in the tables below");
 }
 
 function showJobError(e) { $("job-message").textContent = "Could not read the model: " + e.message; }

@@ -14,12 +14,15 @@ pub const OPEN_PATHS: &[&str] = &["/healthz", "/readyz", "/metrics", "/openapi.j
 
 /// The role a request needs (None = open). Deny by default: every route under
 /// the API router needs at least `read`; non-GET methods need `write`; the model
-/// endpoints need `admin`.
+/// endpoints and retiring an item need `admin`.
 pub fn required_role(method: &Method, route: &str) -> Option<Role> {
     if OPEN_PATHS.contains(&route) {
         return None;
     }
     if route == "/v1/model" || route.starts_with("/v1/model/") {
+        return Some(Role::Admin);
+    }
+    if method == Method::DELETE && route == "/v1/items/{item}" {
         return Some(Role::Admin);
     }
     if method == Method::GET || method == Method::HEAD {
@@ -102,6 +105,14 @@ mod tests {
             Some(Role::Write)
         );
         assert_eq!(required_role(&get, "/v1/model"), Some(Role::Admin));
+        assert_eq!(
+            required_role(&Method::DELETE, "/v1/users/{user}"),
+            Some(Role::Write)
+        );
+        assert_eq!(
+            required_role(&Method::DELETE, "/v1/items/{item}"),
+            Some(Role::Admin)
+        );
         assert_eq!(required_role(&post, "/v1/model/train"), Some(Role::Admin));
         assert_eq!(required_role(&get, "/v1/anything-new"), Some(Role::Read));
     }

@@ -275,3 +275,109 @@ pub async fn history_svg(State(st): State<AppState>) -> Result<Response, ApiErro
         },
     ])))
 }
+
+/// One bin of the rating distribution.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct RatingBin {
+    /// The rating, rounded to the nearest half.
+    pub rating: f32,
+    pub count: u64,
+}
+
+/// `GET /v1/stats/ingestion` answer: what the dashboard's Ingestion section shows.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Ingestion {
+    /// Ratings written per minute over the last 60 minutes, oldest first (the last is
+    /// the current minute so far): ratings accepted by this server process (each
+    /// rating of a committed `POST /v1/ratings` counts once; deletions do not count;
+    /// writes through other replicas or `funkrec import` are not seen; restarts from 0).
+    pub written_per_minute: Vec<u64>,
+    /// The rating distribution of the ratings the serving model's rows held when they
+    /// were read (computed once per snapshot, not per request); empty before the first
+    /// model, and until a snapshot loaded at start has been indexed.
+    pub distribution: Vec<RatingBin>,
+    /// The model version the distribution belongs to.
+    pub model_version: Option<u64>,
+}
+
+fn ingestion_now(st: &AppState) -> Ingestion {
+    let snap = st.serving.get();
+    let distribution = snap
+        .as_ref()
+        .and_then(|s| s.rated.get())
+        .map(|r| {
+            r.index
+                .histogram()
+                .iter()
+                .map(|&(rating, count)| RatingBin { rating, count })
+                .collect()
+        })
+        .unwrap_or_default();
+    Ingestion {
+        written_per_minute: st.recent.written_per_minute(),
+        distribution,
+        model_version: snap.map(|s| s.version),
+    }
+}
+
+/// `GET /v1/stats/ingestion` — ratings written per minute over the last hour (by this
+/// process) and the serving snapshot's rating distribution.
+#[utoipa::path(
+    get,
+    path = "/v1/stats/ingestion",
+    tag = "dashboard",
+    operation_id = "ingestion",
+    responses(
+        (status = 200, description = "Writes per minute and the rating distribution", body = Ingestion),
+        (status = 503, description = "`timeout` or `overloaded`", body = ErrorBody),
+    )
+)]
+pub async fn ingestion(State(st): State<AppState>) -> Json<Ingestion> {
+    Json(ingestion_now(&st))
+}
+
+/// `GET /v1/stats/ingestion.svg` — the same as two plots: writes per minute (a line,
+/// one marker per minute) and the rating distribution (one bar per rating).
+#[utoipa::path(
+    get,
+    path = "/v1/stats/ingestion.svg",
+    tag = "dashboard",
+    operation_id = "ingestion_svg",
+    responses(
+        (status = 200, description = "SVG: ratings written per minute (60 markers, `circle`) above the rating distribution (one `rect` with `opacity=\"0.8\"` per bar)", content_type = "image/svg+xml", body = String),
+        (status = 503, description = "`timeout` or `overloaded`", body = ErrorBody),
+    )
+)]
+pub async fn ingestion_svg(State(st): State<AppState>) -> Response {
+    let now = ingestion_now(&st);
+    let n = now.written_per_minute.len() as f64;
+    let per_minute = [Series {
+        name: "ratings written".into(),
+        points: now
+            .written_per_minute
+            .iter()
+            .enumerate()
+            .map(|(i, &c)| (i as f64 - n + 1.0, c as f64))
+            .collect(),
+    }];
+    let bars: Vec<(f64, f64)> = now
+        .distribution
+        .iter()
+        .map(|b| (b.rating as f64, b.count as f64))
+        .collect();
+    svg_response(plot::svg_line_and_bars(
+        &Chart {
+            title: "Ratings written per minute (this process, last hour)",
+            x_label: "minutes from now",
+            y_label: "ratings",
+            series: &per_minute,
+        },
+        &plot::Bars {
+            title: "Rating distribution (serving model's rows)",
+            x_label: "rating",
+            y_label: "ratings",
+            bars: &bars,
+            width: 0.5,
+        },
+    ))
+}

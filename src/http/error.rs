@@ -35,6 +35,15 @@ pub enum ApiError {
     InvalidPath(String),
     #[error("{0}")]
     RatingNotFound(String),
+    /// `DELETE /v1/users/{user}` of a user the store has never seen.
+    #[error("{0}")]
+    UserNotFound(String),
+    /// `DELETE /v1/items/{item}` of an item the store has never seen.
+    #[error("{0}")]
+    ItemNotFound(String),
+    /// A rating of a retired item.
+    #[error("{0}")]
+    ItemRetired(String),
     #[error("no route for {0}")]
     RouteNotFound(String),
     #[error("method not allowed")]
@@ -92,6 +101,9 @@ pub enum ErrorCode {
     InvalidQuery,
     InvalidPath,
     RatingNotFound,
+    UserNotFound,
+    ItemNotFound,
+    ItemRetired,
     NotFound,
     MethodNotAllowed,
     Timeout,
@@ -162,6 +174,9 @@ impl ApiError {
             E::InvalidQuery(_) => (StatusCode::BAD_REQUEST, C::InvalidQuery),
             E::InvalidPath(_) => (StatusCode::BAD_REQUEST, C::InvalidPath),
             E::RatingNotFound(_) => (StatusCode::NOT_FOUND, C::RatingNotFound),
+            E::UserNotFound(_) => (StatusCode::NOT_FOUND, C::UserNotFound),
+            E::ItemNotFound(_) => (StatusCode::NOT_FOUND, C::ItemNotFound),
+            E::ItemRetired(_) => (StatusCode::CONFLICT, C::ItemRetired),
             E::RouteNotFound(_) => (StatusCode::NOT_FOUND, C::NotFound),
             E::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, C::MethodNotAllowed),
             E::Timeout => (StatusCode::SERVICE_UNAVAILABLE, C::Timeout),

@@ -6,6 +6,7 @@ pub mod body;
 mod dashboard;
 pub mod error;
 mod extract;
+mod forget;
 mod health;
 pub mod hygiene;
 mod metrics;
@@ -50,6 +51,8 @@ pub struct AppState {
     /// Writes committed since the served snapshot's rows were read.
     pub recent: Arc<RecentWrites>,
     pub serving: Arc<Serving>,
+    /// Retired items and forgotten users (`DELETE /v1/items/..`, `/v1/users/..`).
+    pub forgets: Arc<crate::forget::Forgets>,
     pub worker: Worker,
     /// The training worker's loop, for `/readyz` (only `is_finished` is used).
     pub worker_loop: tokio::task::AbortHandle,
@@ -76,6 +79,8 @@ impl AppState {
 fn api_routes() -> Router<AppState> {
     Router::new()
         .route("/v1/ratings", post(ratings::post_ratings))
+        .route("/v1/users/{user}", delete(forget::forget_user))
+        .route("/v1/items/{item}", delete(forget::retire_item))
         .route("/v1/users/{user}/ratings", get(ratings::list_ratings))
         .route(
             "/v1/users/{user}/ratings/{item}",
@@ -92,6 +97,8 @@ fn api_routes() -> Router<AppState> {
         .route("/v1/model/curve.svg", get(dashboard::learning_curve_svg))
         .route("/v1/model/history", get(dashboard::history))
         .route("/v1/model/history.svg", get(dashboard::history_svg))
+        .route("/v1/stats/ingestion", get(dashboard::ingestion))
+        .route("/v1/stats/ingestion.svg", get(dashboard::ingestion_svg))
 }
 
 /// Probes and metrics: open, and not subject to the concurrency limit (they must

@@ -63,6 +63,8 @@ fn openapi_doc() {}
         crate::http::ratings::post_ratings,
         crate::http::ratings::list_ratings,
         crate::http::ratings::delete_rating,
+        crate::http::forget::forget_user,
+        crate::http::forget::retire_item,
         crate::http::recs::prediction,
         crate::http::recs::recommendations,
         crate::http::recs::similar,
@@ -76,6 +78,8 @@ fn openapi_doc() {}
         crate::http::dashboard::learning_curve_svg,
         crate::http::dashboard::history,
         crate::http::dashboard::history_svg,
+        crate::http::dashboard::ingestion,
+        crate::http::dashboard::ingestion_svg,
     ),
     components(schemas(ErrorBody, ErrorDetail, ErrorCode, PathId, RawId)),
     tags(

@@ -37,6 +37,7 @@ pub struct Accepted {
         (status = 201, description = "Stored (the transaction committed)", body = Accepted),
         (status = 400, description = "`malformed_json`: not JSON (syntax, truncation, `NaN`, numbers beyond f64)", body = ErrorBody),
         (status = 413, description = "`batch_too_large` (more than `server.max_batch` ratings) or `payload_too_large` (body over `server.body_limit_bytes`)", body = ErrorBody),
+        (status = 409, description = "`item_retired`: a rating of a retired item (the whole batch is refused)", body = ErrorBody),
         (status = 415, description = "`unsupported_media_type`: missing or non-JSON `Content-Type`", body = ErrorBody),
         (status = 422, description = "`invalid_body` (wrong shape, types, missing or unknown fields), `invalid_id`, `invalid_rating` or `empty_batch`", body = ErrorBody),
         (status = 500, description = "`internal`", body = ErrorBody),
@@ -53,6 +54,15 @@ pub async fn post_ratings(
     };
     let ratings = parse_ratings_body(&body, &limits, unix_now())?;
     let n = ratings.len() as u64;
+    if let Some(item) = st
+        .forgets
+        .first_retired(ratings.iter().map(|r| r.item.as_str()))
+    {
+        return Err(ApiError::ItemRetired(format!(
+            "item {} is retired: it takes no ratings",
+            serde_json::Value::from(item)
+        )));
+    }
     // answers once the group transaction holding these ratings committed
     st.writer.upsert(ratings).await?;
     Ok((StatusCode::CREATED, Json(Accepted { accepted: n })))

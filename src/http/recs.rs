@@ -110,16 +110,24 @@ pub async fn prediction(
     let body = match st.serving.get() {
         Some(snap) => {
             let m = &snap.model;
-            let now = foldin::user_now(&snap, &st.recent, &st.store, &user, false).await?;
-            let i = m.items.get(item.as_str());
+            let forgotten = st.forgets.is_forgotten(user.as_str());
+            let now =
+                foldin::user_now(&snap, &st.recent, &st.store, &user, false, forgotten).await?;
+            // a retired item is served as one the model does not know
+            let i = m
+                .items
+                .get(item.as_str())
+                .filter(|_| !st.forgets.is_retired(item.as_str()));
             let (rating, folded_in) = match (&now.vector, i) {
                 (UserVector::Folded(f), Some(i)) => (f.predict(m, i), true),
                 (UserVector::Folded(f), None) => {
                     (m.hyper.scale.clamp(m.global_mean + f.bias), true)
                 }
-                _ => (m.predict(user.as_str(), item.as_str()).rating, false),
+                (UserVector::Snapshot(u), i) => (m.predict_for(*u, i.unwrap_or(u32::MAX)), false),
+                // an unknown (or forgotten) user: the item's terms only
+                (UserVector::None, i) => (m.predict_for(u32::MAX, i.unwrap_or(u32::MAX)), false),
             };
-            let known_user = m.users.get(user.as_str()).is_some();
+            let known_user = m.users.get(user.as_str()).is_some() && !forgotten;
             PredictionOut {
                 user: user.as_str().to_owned(),
                 item: item.as_str().to_owned(),
@@ -181,7 +189,13 @@ pub async fn recommendations(
     let (version, fallback, folded_in, items) = match st.serving.get() {
         Some(snap) => {
             let m = &snap.model;
-            let now = foldin::user_now(&snap, &st.recent, &st.store, &user, true).await?;
+            let forgotten = st.forgets.is_forgotten(user.as_str());
+            let mut now =
+                foldin::user_now(&snap, &st.recent, &st.store, &user, true, forgotten).await?;
+            // retired items are excluded like rated ones (one OR of the two bit sets)
+            if let Some(retired) = st.forgets.retired_mask(&snap) {
+                now.rated.union_with(&retired);
+            }
             let seen = |i| rated::contains(&now.rated, i);
             let (fallback, folded_in, list) = match &now.vector {
                 UserVector::Snapshot(u) => (false, false, snap.index.top_n(m, *u, n, seen)),
@@ -238,9 +252,12 @@ pub async fn similar(
     let (version, fallback, items) = match st.serving.get() {
         Some(snap) => {
             let m = &snap.model;
-            let (fallback, list) = match m.items.get(item.as_str()) {
-                Some(i) => (false, m.similar_items(i, n)),
-                None => (true, m.popular(n, |_| false)),
+            let retired = st.forgets.retired_mask(&snap);
+            let out = |i: u32| retired.as_ref().is_some_and(|r| rated::contains(r, i));
+            // a retired item is answered as an unknown one (the popularity list)
+            let (fallback, list) = match m.items.get(item.as_str()).filter(|&i| !out(i)) {
+                Some(i) => (false, m.similar_items_excluding(i, n, out)),
+                None => (true, m.popular(n, out)),
             };
             let named = list.into_iter().map(|(i, s)| (m.items.id(i).to_owned(), s));
             (Some(snap.version), fallback, scored(named))

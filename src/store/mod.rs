@@ -324,6 +324,7 @@ impl Store {
             }
             Backend::Postgres(pg) => pg.training_rows().await?,
         };
+        let rows = without_retired(rows, &self.retired_items().await?);
         let span = tracing::Span::current();
         span.record("users", rows.users.len());
         span.record("items", rows.items.len());
@@ -375,6 +376,51 @@ impl Store {
         Ok(rows)
     }
 
+    /// Every retired item's id (`DELETE /v1/items/{item}`).
+    #[tracing::instrument(level = "debug", skip_all)]
+    pub async fn retired_items(&self) -> Result<Vec<String>, StoreError> {
+        let pool = match self.sqlite() {
+            Ok(pool) => pool,
+            Err(pg) => return pg.retired_items().await,
+        };
+        Ok(sqlx::query_scalar("SELECT item_ext FROM retired_items")
+            .fetch_all(pool)
+            .await?)
+    }
+
+    /// Every forgotten user not yet covered by a served snapshot, with its row's tag
+    /// (`DELETE /v1/users/{user}`, see `crate::forget`).
+    #[tracing::instrument(level = "debug", skip_all)]
+    pub async fn forgotten_users(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        let pool = match self.sqlite() {
+            Ok(pool) => pool,
+            Err(pg) => return pg.forgotten_users().await,
+        };
+        Ok(sqlx::query_as("SELECT user_ext, tag FROM forgotten_users")
+            .fetch_all(pool)
+            .await?)
+    }
+
+    /// Deletes the forgotten-user rows (user, tag) a served snapshot covers; a row
+    /// rewritten since (another tag) stays.
+    #[tracing::instrument(level = "debug", skip_all, fields(users = users.len()))]
+    pub async fn clear_forgotten(&self, users: &[(String, i64)]) -> Result<(), StoreError> {
+        let pool = match self.sqlite() {
+            Ok(pool) => pool,
+            Err(pg) => return pg.clear_forgotten(users).await,
+        };
+        let mut tx = pool.begin().await?;
+        for (user, tag) in users {
+            sqlx::query("DELETE FROM forgotten_users WHERE user_ext = ? AND tag = ?")
+                .bind(user)
+                .bind(tag)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Bulk load for `funkrec import` (see `bulk.rs`), holding the store's lock
     /// exclusively: refused at once while a server (or another import) uses the store.
     #[tracing::instrument(skip_all, fields(rows = Empty, new_users = Empty, new_items = Empty))]
@@ -410,4 +456,26 @@ fn damped(row: (Option<f64>, Option<f64>, i64)) -> Result<Option<f32>, StoreErro
     };
     let (sum, n) = (row.1.unwrap_or(0.0), row.2 as f64);
     Ok(Some(((sum + 10.0 * mu) / (n + 10.0)) as f32))
+}
+
+/// The rows without the retired items and their ratings (a rating of a retired item
+/// can only be one committed concurrently with its retirement: the next training run
+/// leaves it out).
+fn without_retired(mut rows: TrainingRows, retired: &[String]) -> TrainingRows {
+    if retired.is_empty() {
+        return rows;
+    }
+    let retired: std::collections::HashSet<&str> = retired.iter().map(String::as_str).collect();
+    let keys: std::collections::HashSet<u32> = rows
+        .items
+        .iter()
+        .filter(|(_, id)| retired.contains(id.as_str()))
+        .filter_map(|(k, _)| u32::try_from(*k).ok())
+        .collect();
+    if keys.is_empty() {
+        return rows;
+    }
+    rows.items.retain(|(_, id)| !retired.contains(id.as_str()));
+    rows.ratings.retain(|(_, i, _)| !keys.contains(i));
+    rows
 }

@@ -147,3 +147,86 @@ async fn curve_and_history_plot_the_serving_model() {
     assert_eq!(svg.matches("<circle").count(), 2 + with_holdout);
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingestion_counts_committed_writes_and_the_snapshot_distribution() {
+    let app = spawn_app_with(|s| s.auth.keys = keys()).await;
+    let get = |path: &'static str, key: &'static str| {
+        let req = app.client.get(app.url(path)).bearer_auth(key);
+        async move {
+            let r = req.send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let (s, body) = get("/v1/stats/ingestion", READER).await;
+    assert_eq!(s, 200, "a read key may: {body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["written_per_minute"].as_array().unwrap().len(), 60);
+    assert_eq!(v["distribution"], Value::Array(vec![]), "no model yet");
+    assert_eq!(v["model_version"], Value::Null);
+
+    let ratings = planted();
+    for chunk in ratings.chunks(100) {
+        let body = serde_json::json!({"ratings": chunk.iter().map(|(u, i, r)| serde_json::json!({"user": u, "item": i, "rating": r})).collect::<Vec<_>>()});
+        let r = app
+            .client
+            .post(app.url("/v1/ratings"))
+            .bearer_auth(ADMIN)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+    }
+    // a deletion is not a rating written
+    let r = app
+        .client
+        .delete(app.url("/v1/users/u0/ratings/i1"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let r = app
+        .client
+        .post(app.url("/v1/model/train"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    app.wait_for_version_after(None).await;
+
+    let (_, body) = get("/v1/stats/ingestion", READER).await;
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let per_minute: Vec<u64> = v["written_per_minute"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap())
+        .collect();
+    // the posts may straddle a minute boundary: the sum is what counts
+    assert_eq!(per_minute.iter().sum::<u64>(), ratings.len() as u64);
+    assert!(v["model_version"].is_u64());
+    let bins: Vec<(f64, u64)> = v["distribution"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| (b["rating"].as_f64().unwrap(), b["count"].as_u64().unwrap()))
+        .collect();
+    let ones = ratings.iter().filter(|r| r.2 == 1.0).count() as u64;
+    let fives = ratings.len() as u64 - ones;
+    // u0's rating of i1 (a 5: u0 is even and i1 < 10) was deleted before training
+    assert_eq!(bins, vec![(1.0, ones), (5.0, fives - 1)]);
+
+    let (s, svg) = get("/v1/stats/ingestion.svg", READER).await;
+    assert_eq!(s, 200);
+    assert_eq!(svg.matches("<circle").count(), 60, "one marker per minute");
+    assert_eq!(
+        svg.matches("opacity=\"0.8\"").count(),
+        2,
+        "one bar per rating value"
+    );
+    assert!(svg.contains("Rating distribution"));
+    app.stop().await;
+}

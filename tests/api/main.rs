@@ -5,6 +5,7 @@ mod helpers;
 mod dashboard;
 mod errors;
 mod foldin;
+mod forget;
 mod guard;
 mod hardening;
 mod hostile;

@@ -547,6 +547,16 @@ impl Model {
 
     /// The `n` items most cosine-similar to item `i` in factor space (excluding itself).
     pub fn similar_items(&self, i: u32, n: usize) -> Vec<(u32, f32)> {
+        self.similar_items_excluding(i, n, |_| false)
+    }
+
+    /// [`Model::similar_items`] skipping the items for which `exclude` is true.
+    pub fn similar_items_excluding(
+        &self,
+        i: u32,
+        n: usize,
+        exclude: impl Fn(u32) -> bool,
+    ) -> Vec<(u32, f32)> {
         let k = self.factors();
         let q = self.item_factors.as_slice().expect("row-major factors");
         let target = self.item_row(i);
@@ -556,7 +566,7 @@ impl Model {
             return Vec::new();
         }
         for (j, row) in q.chunks_exact(k.max(1)).enumerate() {
-            if j as u32 == i {
+            if j as u32 == i || exclude(j as u32) {
                 continue;
             }
             let rn = dot(row, row).sqrt();

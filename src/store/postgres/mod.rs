@@ -218,6 +218,32 @@ impl PgStore {
         .await?)
     }
 
+    pub(crate) async fn retired_items(&self) -> Result<Vec<String>, StoreError> {
+        Ok(sqlx::query_scalar("SELECT item_ext FROM retired_items")
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    pub(crate) async fn forgotten_users(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        Ok(sqlx::query_as("SELECT user_ext, tag FROM forgotten_users")
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    pub(crate) async fn clear_forgotten(&self, users: &[(String, i64)]) -> Result<(), StoreError> {
+        let names: Vec<&str> = users.iter().map(|(u, _)| u.as_str()).collect();
+        let tags: Vec<i64> = users.iter().map(|(_, t)| *t).collect();
+        sqlx::query(
+            "DELETE FROM forgotten_users f USING unnest($1::text[], $2::int8[]) AS c(u, t) \
+             WHERE f.user_ext = c.u AND f.tag = c.t",
+        )
+        .bind(names)
+        .bind(tags)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     pub(crate) async fn bulk_import<I>(
         &self,
         rows: I,

@@ -13,7 +13,7 @@
 
 use crate::domain::NewRating;
 use crate::rated::RecentWrites;
-use crate::store::writer::commit::{answer, Job, Op};
+use crate::store::writer::commit::{answer, Job, Op, FORGET_ROW, RETIRE_ROW};
 use crate::store::writer::{fill_group, Msg};
 use crate::store::StoreError;
 use foldhash::HashMap;
@@ -114,7 +114,7 @@ async fn run_jobs(
     let ratings = || {
         jobs.iter().flat_map(|j| match &j.op {
             Op::Upsert(r) => r.as_slice(),
-            Op::Delete(..) => &[],
+            Op::Delete(..) | Op::ForgetUser { .. } | Op::RetireItem { .. } => &[],
         })
     };
     let new_users = keys(
@@ -158,6 +158,52 @@ async fn run_jobs(
                     .await?
                     .rows_affected();
                 results.push(n > 0);
+            }
+            Op::ForgetUser { user, tag, removed } => {
+                flush(&mut tx, &mut pending).await?;
+                let key: Option<i64> = sqlx::query_scalar("SELECT id FROM users WHERE ext_id = $1")
+                    .bind(user.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let Some(key) = key else {
+                    results.push(false);
+                    continue;
+                };
+                let items: Vec<String> = sqlx::query_scalar(
+                    "WITH d AS (DELETE FROM ratings WHERE user_id = $1 RETURNING item_id) \
+                     SELECT i.ext_id FROM d JOIN items i ON i.id = d.item_id",
+                )
+                .bind(key)
+                .fetch_all(&mut *tx)
+                .await?;
+                sqlx::query(FORGET_ROW)
+                    .bind(user.as_str())
+                    .bind(tag)
+                    .execute(&mut *tx)
+                    .await?;
+                *removed.lock().unwrap_or_else(|p| p.into_inner()) = items;
+                results.push(true);
+            }
+            Op::RetireItem { item, at } => {
+                flush(&mut tx, &mut pending).await?;
+                let key: Option<i64> = sqlx::query_scalar("SELECT id FROM items WHERE ext_id = $1")
+                    .bind(item.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let Some(key) = key else {
+                    results.push(false);
+                    continue;
+                };
+                sqlx::query("DELETE FROM ratings WHERE item_id = $1")
+                    .bind(key)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(RETIRE_ROW)
+                    .bind(item.as_str())
+                    .bind(at)
+                    .execute(&mut *tx)
+                    .await?;
+                results.push(true);
             }
         }
     }

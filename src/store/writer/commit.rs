@@ -17,7 +17,30 @@ const UPSERT_DELTA: &str = "INSERT INTO ratings_delta (user_id, item_id, rating,
 pub(in crate::store) enum Op {
     Upsert(Vec<NewRating>),
     Delete(UserId, ItemId),
+    /// Deletes every rating of the user and writes its `forgotten_users` row (`tag`);
+    /// the items it rated are left in `removed` (recorded as deletions once committed).
+    ForgetUser {
+        user: UserId,
+        tag: i64,
+        removed: Removed,
+    },
+    /// Deletes every rating of the item and writes its `retired_items` row.
+    RetireItem {
+        item: ItemId,
+        at: i64,
+    },
 }
+
+/// Filled by the job that runs the operation, read when its commit is recorded.
+pub(in crate::store) type Removed = std::sync::Mutex<Vec<String>>;
+
+/// `forgotten_users` row of a deletion (a later one of the same user replaces it).
+pub(in crate::store) const FORGET_ROW: &str = "INSERT INTO forgotten_users (user_ext, tag) \
+     VALUES ($1, $2) ON CONFLICT (user_ext) DO UPDATE SET tag = excluded.tag";
+
+/// `retired_items` row of a retirement (retiring twice keeps the first time).
+pub(in crate::store) const RETIRE_ROW: &str = "INSERT INTO retired_items (item_ext, retired_at) \
+     VALUES ($1, $2) ON CONFLICT (item_ext) DO NOTHING";
 
 /// A request and where its answer goes.
 pub(in crate::store) struct Job {
@@ -30,7 +53,7 @@ impl Job {
     pub(in crate::store) fn size(&self) -> usize {
         match &self.op {
             Op::Upsert(r) => r.len(),
-            Op::Delete(..) => 1,
+            Op::Delete(..) | Op::ForgetUser { .. } | Op::RetireItem { .. } => 1,
         }
     }
 }
@@ -218,6 +241,39 @@ fn run_job(conn: &Connection, keys: &mut Keys, op: &Op) -> rusqlite::Result<bool
             }
             Ok(existed)
         }
+        Op::ForgetUser { user, tag, removed } => {
+            let Some(u) = key(conn, keys, Table::Users, user.as_str(), false)? else {
+                return Ok(false);
+            };
+            let items: Vec<String> = conn
+                .prepare_cached(
+                    "SELECT i.ext_id FROM ratings_now r JOIN items i ON i.id = r.item_id \
+                     WHERE r.user_id = ?1",
+                )?
+                .query_map([u], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            conn.prepare_cached("DELETE FROM ratings WHERE user_id = ?1")?
+                .execute([u])?;
+            conn.prepare_cached("DELETE FROM ratings_delta WHERE user_id = ?1")?
+                .execute([u])?;
+            conn.prepare_cached(FORGET_ROW)?
+                .execute(params![user.as_str(), tag])?;
+            *removed.lock().unwrap_or_else(|p| p.into_inner()) = items;
+            Ok(true)
+        }
+        Op::RetireItem { item, at } => {
+            let Some(i) = key(conn, keys, Table::Items, item.as_str(), false)? else {
+                return Ok(false);
+            };
+            // `ratings` is keyed by (user, item): this reads the whole table
+            conn.prepare_cached("DELETE FROM ratings WHERE item_id = ?1")?
+                .execute([i])?;
+            conn.prepare_cached("DELETE FROM ratings_delta WHERE item_id = ?1")?
+                .execute([i])?;
+            conn.prepare_cached(RETIRE_ROW)?
+                .execute(params![item.as_str(), at])?;
+            Ok(true)
+        }
     }
 }
 
@@ -239,6 +295,13 @@ pub(in crate::store) fn answer(
                         recent.record([(user.as_str(), item.as_str())], false)
                     }
                 }
+                Op::ForgetUser { user, removed, .. } => {
+                    if matches!(r, Ok(true)) {
+                        let items = removed.lock().unwrap_or_else(|p| p.into_inner());
+                        recent.record(items.iter().map(|i| (user.as_str(), i.as_str())), false)
+                    }
+                }
+                Op::RetireItem { .. } => {}
             }
         }
         let _ = job.reply.send(r);

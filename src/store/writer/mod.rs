@@ -260,6 +260,19 @@ impl Writer {
         self.submit(Op::Delete(user, item)).await
     }
 
+    /// Deletes every rating of `user` and records them forgotten under `tag` (see
+    /// `crate::forget`); Ok(false) when the store has never seen the user.
+    pub async fn forget_user(&self, user: UserId, tag: i64) -> Result<bool, StoreError> {
+        let removed = Default::default();
+        self.submit(Op::ForgetUser { user, tag, removed }).await
+    }
+
+    /// Deletes every rating of `item` and records it retired at `at` (Unix seconds);
+    /// Ok(false) when the store has never seen the item.
+    pub async fn retire_item(&self, item: ItemId, at: i64) -> Result<bool, StoreError> {
+        self.submit(Op::RetireItem { item, at }).await
+    }
+
     /// The outcome of the latest writes (for readiness).
     pub fn health(&self) -> WriteHealth {
         self.health
