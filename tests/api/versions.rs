@@ -46,9 +46,14 @@ fn bad_model(s: &mut funkrec::config::Settings) {
     s.model.init_std = 1.0;
 }
 
+/// The test settings with early stopping on (as shipped).
+fn early_stopping(s: &mut funkrec::config::Settings) {
+    s.model.patience = 5;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worse_model_is_rejected_and_the_old_one_keeps_serving() {
-    let app = spawn_app().await;
+    let app = spawn_app_with(early_stopping).await;
     assert_eq!(states(&app).await, vec![]);
     app.post_ratings(&planted()).await;
     assert_eq!(app.train().await, 1);
@@ -67,7 +72,11 @@ async fn a_worse_model_is_rejected_and_the_old_one_keeps_serving() {
     app.stop().await;
 
     // the same data dir, a configuration that trains a bad model
-    let app = spawn_app_in(tmp.clone(), bad_model).await;
+    let app = spawn_app_in(tmp.clone(), |s| {
+        early_stopping(s);
+        bad_model(s);
+    })
+    .await;
     assert_eq!(app.model_version().await, Some(1));
     let job = run_once(&app).await;
     assert_eq!(job["rejected"], 1, "{job}");
@@ -127,7 +136,7 @@ async fn a_worse_model_is_rejected_and_the_old_one_keeps_serving() {
     app.stop().await;
 
     // a restart keeps the states and serves version 1
-    let app = spawn_app_in(tmp, |_| {}).await;
+    let app = spawn_app_in(tmp, early_stopping).await;
     assert_eq!(app.model_version().await, Some(1));
     assert_eq!(
         states(&app).await,
