@@ -156,8 +156,9 @@ pub async fn load_newest(store: &Store, dir: &Path) -> anyhow::Result<(Option<Sn
             .rev()
             .filter(|v| Some(*v) != serving)
             .filter(|v| {
-                rows.get(v)
-                    .is_none_or(|r| r.state != crate::store::MODEL_REJECTED)
+                !rows
+                    .get(v)
+                    .is_some_and(|r| r.state == crate::store::MODEL_REJECTED)
             }),
     );
     for version in candidates {

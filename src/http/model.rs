@@ -302,6 +302,11 @@ pub async fn rollback(
     JsonBytes(body): JsonBytes,
 ) -> Result<Json<RollbackDone>, ApiError> {
     let value = crate::http::body::parse_strict_json(&body)?;
+    if !value.is_object() {
+        return Err(ApiError::InvalidBody(
+            "the body must be a JSON object: {\"version\": N}".into(),
+        ));
+    }
     let req: RollbackRequest =
         serde_json::from_value(value).map_err(|e| ApiError::InvalidBody(e.to_string()))?;
     let snap = st.worker.rollback(req.version).await.map_err(|e| {

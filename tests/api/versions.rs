@@ -46,9 +46,10 @@ fn bad_model(s: &mut funkrec::config::Settings) {
     s.model.init_std = 1.0;
 }
 
-/// The test settings with early stopping on (as shipped).
+/// The test settings with early stopping and the publish gate as shipped.
 fn early_stopping(s: &mut funkrec::config::Settings) {
     s.model.patience = 5;
+    s.training.max_regression = 0.02;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

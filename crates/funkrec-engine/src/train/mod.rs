@@ -128,13 +128,9 @@ pub(crate) struct EarlyStop {
 impl EarlyStop {
     /// Off when `patience` is 0 or there is no validation set.
     pub(crate) fn new(patience: usize, has_validation: bool) -> Self {
-        let tolerance = std::env::var("FUNKREC_EARLY_STOP_TOL")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(MIN_IMPROVEMENT);
         EarlyStop {
             patience: if has_validation { patience } else { 0 },
-            tolerance,
+            tolerance: MIN_IMPROVEMENT,
             best_rmse: f64::INFINITY,
             reference: f64::INFINITY,
             best_epoch: None,
