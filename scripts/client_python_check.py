@@ -27,6 +27,8 @@ from funkrec_client.api.model import (
     learning_curve_svg,
     model_history,
     model_history_svg,
+    model_versions,
+    rollback,
     train,
 )
 from funkrec_client.api.ratings import delete_rating, forget_user, list_ratings, post_ratings, retire_item
@@ -41,17 +43,21 @@ from funkrec_client.models import (
     ModelHistory,
     ModelInfo,
     ModelState,
+    ModelVersions,
     PredictionOut,
     RatingBatch,
     RatingInput,
     RatingsPage,
     Ready,
     Recommendations,
+    RollbackDone,
+    RollbackRequest,
     ScoredItem,
     Session,
     SimilarItems,
     TrainAccepted,
     TrainerKind,
+    VersionState,
 )
 
 BASE, KEY, DOC = sys.argv[1], sys.argv[2], sys.argv[3]
@@ -122,7 +128,9 @@ assert isinstance(info.hyperparameters, Hyper), info.hyperparameters
 assert isinstance(info.hyperparameters.trainer, TrainerKind)
 assert info.hyperparameters.scale.min_ < info.hyperparameters.scale.max_
 assert info.epochs and all(isinstance(e, EpochStats) for e in info.epochs)
-assert len(info.epochs) == info.hyperparameters.epochs, (len(info.epochs), info.hyperparameters.epochs)
+# early stopping (model.patience) may end the run before hyperparameters.epochs
+assert len(info.epochs) <= info.hyperparameters.epochs, (len(info.epochs), info.hyperparameters.epochs)
+assert info.stopped_early or len(info.epochs) == info.hyperparameters.epochs, info
 assert info.counts.ratings == len(ratings), info.counts
 
 p = check("prediction", prediction.sync_detailed("u1", "i5", client=client), 200, PredictionOut)
@@ -150,6 +158,13 @@ assert [v.version for v in hist.versions] == [info.version], hist
 assert hist.versions[-1].holdout_rmse == info.holdout_rmse, hist
 plot = check("model_history_svg", model_history_svg.sync_detailed(client=client), 200, str)
 assert plot.startswith("<svg"), plot[:100]
+vers = check("model_versions", model_versions.sync_detailed(client=client), 200, ModelVersions)
+assert [(v.version, v.state) for v in vers.versions] == [(info.version, VersionState.SERVING)], vers
+assert vers.versions[0].file_kept and vers.versions[0].counts.ratings == len(ratings), vers
+back = check("rollback", rollback.sync_detailed(client=client, body=RollbackRequest(version=info.version)), 200, RollbackDone)
+assert back.version == info.version and back.trained_at == info.trained_at, back
+missing_version = rollback.sync(client=client, body=RollbackRequest(version=info.version + 100))
+assert isinstance(missing_version, ErrorBody) and missing_version.error.code.value == "version_not_found", missing_version
 
 # forget on request: a user's ratings, then an item (admin)
 check("forget_user", forget_user.sync_detailed("u39", client=client), 204, None)

@@ -87,6 +87,9 @@ pub struct TrainingSettings {
     pub holdout_max: usize,
     pub holdout_seed: u64,
     pub min_ratings: usize,
+    /// The publish gate: a new model whose holdout RMSE is worse than the serving
+    /// model's on the same holdout by more than this fraction is rejected.
+    pub max_regression: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -137,6 +140,10 @@ impl Settings {
             .try_deserialize()
             .context("invalid configuration")?;
         settings.load_keys_file()?;
+        if settings.model.threads == 0 {
+            // `model.threads = 0`: one training thread per core
+            settings.model.threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        }
         settings.validate()?;
         Ok(settings)
     }
@@ -212,6 +219,9 @@ impl Settings {
         let t = &self.training;
         if !(0.0..0.5).contains(&t.holdout_fraction) {
             bail!("training: holdout_fraction must be in [0, 0.5)");
+        }
+        if !(t.max_regression.is_finite() && t.max_regression >= 0.0) {
+            bail!("training: max_regression must be finite and >= 0");
         }
         if self.storage.max_connections == 0 || self.storage.keep_snapshots == 0 {
             bail!("storage: max_connections and keep_snapshots must be > 0");

@@ -31,6 +31,7 @@ pub struct Metrics {
     training_running: IntGauge,
     training_runs: IntCounter,
     training_failures: IntCounter,
+    models_rejected: IntCounter,
     pending_changes: IntGauge,
 }
 
@@ -96,6 +97,10 @@ impl Metrics {
                 "funkrec_training_failures_total",
                 "Training runs that failed since start",
             ),
+            models_rejected: counter(
+                "funkrec_models_rejected_total",
+                "Trained models the publish gate rejected (worse holdout RMSE) since start",
+            ),
             pending_changes: int_gauge(
                 "funkrec_training_pending_changes",
                 "Ratings written or deleted since the last run started",
@@ -113,6 +118,7 @@ impl Metrics {
             Box::new(m.training_running.clone()),
             Box::new(m.training_runs.clone()),
             Box::new(m.training_failures.clone()),
+            Box::new(m.models_rejected.clone()),
             Box::new(m.pending_changes.clone()),
         ];
         for c in all {
@@ -152,6 +158,8 @@ impl Metrics {
             .inc_by(job.runs.saturating_sub(self.training_runs.get()));
         self.training_failures
             .inc_by(job.failures.saturating_sub(self.training_failures.get()));
+        self.models_rejected
+            .inc_by(job.rejected.saturating_sub(self.models_rejected.get()));
     }
 
     /// The text exposition of every metric.
@@ -186,6 +194,7 @@ mod tests {
         let job = JobStatus {
             runs: 2,
             failures: 1,
+            rejected: 3,
             last_duration_secs: Some(1.5),
             ..JobStatus::default()
         };
@@ -199,6 +208,7 @@ mod tests {
         assert!(text.contains("funkrec_ratings 42\n"), "{text}");
         assert!(text.contains("funkrec_training_runs_total 2\n"));
         assert!(text.contains("funkrec_training_failures_total 1\n"));
+        assert!(text.contains("funkrec_models_rejected_total 3\n"), "{text}");
         assert!(text.contains("funkrec_training_last_duration_seconds 1.5\n"));
         assert!(text.contains("funkrec_model_version 0\n"));
         assert!(text.contains("funkrec_model_holdout_rmse NaN\n"));

@@ -7,6 +7,17 @@ use plotters::prelude::*;
 pub struct Series {
     pub name: String,
     pub points: Vec<(f64, f64)>,
+    /// How the points are drawn.
+    pub marker: Marker,
+}
+
+/// The look of a series' points.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Marker {
+    /// A line through filled circles (one `<circle>` per point).
+    Circle,
+    /// Red crosses and no line (e.g. model versions the publish gate rejected).
+    Cross,
 }
 
 /// A chart: title, axis names and its lines.
@@ -92,6 +103,14 @@ fn draw<DB: DrawingBackend>(
             .copied()
             .filter(|(x, y)| x.is_finite() && y.is_finite())
             .collect();
+        if s.marker == Marker::Cross {
+            let red = RED.to_rgba();
+            chart
+                .draw_series(pts.iter().map(|&p| Cross::new(p, 5, red.stroke_width(2))))?
+                .label(s.name.as_str())
+                .legend(move |(x, y)| Cross::new((x + 10, y), 5, red.stroke_width(2)));
+            continue;
+        }
         chart
             .draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))?
             .label(s.name.as_str())
@@ -194,11 +213,13 @@ pub fn rmse_series(prefix: &str, epochs: &[funkrec_engine::EpochStats]) -> Vec<S
     let mut out = vec![Series {
         name: format!("{prefix}train"),
         points: train,
+        marker: Marker::Circle,
     }];
     if !validation.is_empty() {
         out.push(Series {
             name: format!("{prefix}validation"),
             points: validation,
+            marker: Marker::Circle,
         });
     }
     out
@@ -214,10 +235,17 @@ mod tests {
             Series {
                 name: "train".into(),
                 points: (1..=7).map(|e| (e as f64, 1.0 / e as f64)).collect(),
+                marker: Marker::Circle,
             },
             Series {
                 name: "validation".into(),
                 points: (1..=7).map(|e| (e as f64, 1.2 / e as f64)).collect(),
+                marker: Marker::Circle,
+            },
+            Series {
+                name: "rejected".into(),
+                points: vec![(3.0, 2.0), (5.0, 2.5)],
+                marker: Marker::Cross,
             },
         ];
         let out = svg(&Chart {
@@ -227,8 +255,8 @@ mod tests {
             series: &series,
         });
         assert!(out.starts_with("<svg"), "{}", &out[..80]);
-        assert_eq!(out.matches("<circle").count(), 14);
-        for text in ["Learning curve", "epoch", "RMSE", "validation"] {
+        assert_eq!(out.matches("<circle").count(), 14, "crosses are no circles");
+        for text in ["Learning curve", "epoch", "RMSE", "validation", "rejected"] {
             assert!(out.contains(text), "{text} missing");
         }
         assert!(
@@ -242,6 +270,7 @@ mod tests {
         let line = [Series {
             name: "ratings".into(),
             points: (0..60).map(|m| (m as f64, (m % 7) as f64)).collect(),
+            marker: Marker::Circle,
         }];
         let out = svg_line_and_bars(
             &Chart {

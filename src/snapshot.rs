@@ -41,8 +41,9 @@ pub struct Rated {
 }
 
 impl Snapshot {
+    /// The training RMSE of the epoch whose parameters the model holds.
     pub fn train_rmse(&self) -> Option<f64> {
-        self.model.report.last().map(|e| e.train_rmse)
+        self.model.report.kept().map(|e| e.train_rmse)
     }
 
     /// The `model` table row describing this snapshot.
@@ -59,6 +60,8 @@ impl Snapshot {
             train_rmse: self.train_rmse(),
             holdout_rmse: self.holdout_rmse,
             train_secs: self.model.report.train_seconds,
+            state: crate::store::MODEL_SERVING.to_owned(),
+            reason: None,
         }
     }
 }
@@ -125,10 +128,12 @@ fn versions_on_disk(dir: &Path) -> BTreeSet<u64> {
         .unwrap_or_default()
 }
 
-/// Finds the newest snapshot that loads and verifies, newest first over both
-/// the files in `dir` and the rows of the `model` table; corrupt, truncated or
-/// missing files are logged and skipped. Also returns the highest version seen
-/// anywhere, so new versions never reuse a number.
+/// Finds the snapshot to serve at start: the version the `model` table marks as
+/// serving, if its file loads and verifies; otherwise (no serving row, or its file is
+/// gone or corrupt) the newest one that loads, newest first over both the files in
+/// `dir` and the rows of the `model` table, never a rejected version. Corrupt,
+/// truncated or missing files are logged and skipped. Also returns the highest
+/// version seen anywhere, so new versions never reuse a number.
 pub async fn load_newest(store: &Store, dir: &Path) -> anyhow::Result<(Option<Snapshot>, u64)> {
     std::fs::create_dir_all(dir)?;
     remove_temp_files(dir);
@@ -141,45 +146,107 @@ pub async fn load_newest(store: &Store, dir: &Path) -> anyhow::Result<(Option<Sn
     let mut versions = versions_on_disk(dir);
     versions.extend(rows.keys().copied());
     let max_seen = versions.iter().next_back().copied().unwrap_or(0);
-    for version in versions.into_iter().rev() {
-        let path = dir.join(file_name(version));
-        if !path.exists() {
-            tracing::debug!(version, path = %path.display(), "snapshot file no longer on disk");
-            continue;
-        }
-        let p = path.clone();
-        let loaded = tokio::task::spawn_blocking(move || funkrec_engine::persist::load(&p)).await?;
-        match loaded {
-            Ok(model) => {
-                let row = rows.get(&version);
-                let trained_at = row.map(|r| r.trained_at.clone()).unwrap_or_else(|| {
-                    std::fs::metadata(&path)
-                        .and_then(|m| m.modified())
-                        .map(|t| rfc3339(time::OffsetDateTime::from(t)))
-                        .unwrap_or_default()
-                });
-                tracing::info!(version, path = %path.display(), "loaded model snapshot");
-                let snapshot = Snapshot {
-                    version,
-                    trained_at,
-                    holdout_rmse: row.and_then(|r| r.holdout_rmse),
-                    n_holdout: row.map(|r| r.n_holdout as usize).unwrap_or(0),
-                    n_ratings_total: row
-                        .map(|r| r.n_ratings as u64)
-                        .unwrap_or(model.report.n_ratings as u64),
-                    index: ItemIndex::new(&model),
-                    model,
-                    rated: OnceLock::new(),
-                    folded: Default::default(),
-                };
+    let serving = rows
+        .values()
+        .find(|r| r.state == crate::store::MODEL_SERVING)
+        .map(|r| r.version as u64);
+    let candidates = serving.into_iter().chain(
+        versions
+            .into_iter()
+            .rev()
+            .filter(|v| Some(*v) != serving)
+            .filter(|v| {
+                !rows
+                    .get(v)
+                    .is_some_and(|r| r.state == crate::store::MODEL_REJECTED)
+            }),
+    );
+    for version in candidates {
+        match load_version(dir, version, rows.get(&version)).await? {
+            Ok(snapshot) => {
+                if Some(version) != serving && rows.contains_key(&version) {
+                    tracing::warn!(
+                        version,
+                        ?serving,
+                        "the serving version does not load: serving the newest that does"
+                    );
+                    store.set_serving(version).await?;
+                }
                 return Ok((Some(snapshot), max_seen));
             }
-            Err(e) => {
-                tracing::warn!(version, error = %e, "skipping unreadable model snapshot");
-            }
+            Err(e) => tracing::warn!(version, error = %e, "skipping unloadable model snapshot"),
         }
     }
     Ok((None, max_seen))
+}
+
+/// Loads and verifies the file of `version` in `dir` as a snapshot described by its
+/// `model` row (if any). The inner error says why it cannot be served (no file, or
+/// the file does not verify); the outer one is a failed blocking task.
+pub async fn load_version(
+    dir: &Path,
+    version: u64,
+    row: Option<&ModelRow>,
+) -> anyhow::Result<Result<Snapshot, String>> {
+    let path = dir.join(file_name(version));
+    if !path.exists() {
+        return Ok(Err(format!(
+            "the file {} is no longer on disk",
+            path.display()
+        )));
+    }
+    let p = path.clone();
+    let loaded = tokio::task::spawn_blocking(move || {
+        funkrec_engine::persist::load(&p).map(|model| {
+            let index = ItemIndex::new(&model);
+            (model, index)
+        })
+    })
+    .await?;
+    let (model, index) = match loaded {
+        Ok(m) => m,
+        Err(e) => return Ok(Err(format!("{}: {e}", path.display()))),
+    };
+    let trained_at = row.map(|r| r.trained_at.clone()).unwrap_or_else(|| {
+        std::fs::metadata(&path)
+            .and_then(|m| m.modified())
+            .map(|t| rfc3339(time::OffsetDateTime::from(t)))
+            .unwrap_or_default()
+    });
+    tracing::info!(version, path = %path.display(), "loaded model snapshot");
+    Ok(Ok(Snapshot {
+        version,
+        trained_at,
+        holdout_rmse: row.and_then(|r| r.holdout_rmse),
+        n_holdout: row.map(|r| r.n_holdout as usize).unwrap_or(0),
+        n_ratings_total: row
+            .map(|r| r.n_ratings as u64)
+            .unwrap_or(model.report.n_ratings as u64),
+        index,
+        model,
+        rated: OnceLock::new(),
+        folded: Default::default(),
+    }))
+}
+
+/// Serves a snapshot loaded from its file (at start, or by a rollback) and builds its
+/// rated-items index in the background.
+pub fn serve_loaded(
+    serving: &Serving,
+    store: &Store,
+    recent: &Arc<crate::rated::RecentWrites>,
+    snap: Arc<Snapshot>,
+) {
+    serving.publish(snap.clone());
+    let (store, recent) = (store.clone(), recent.clone());
+    tokio::spawn(async move {
+        if let Err(e) = index_rated(&store, snap, &recent).await {
+            tracing::warn!(
+                error = format!("{e:#}"),
+                "could not index rated items; reading them from the store"
+            );
+        }
+    });
 }
 
 /// Builds the rated-items index of a snapshot loaded at start from the store (in the
@@ -232,16 +299,25 @@ pub fn remove_temp_files(dir: &Path) {
     }
 }
 
-/// Deletes all but the `keep` newest snapshot files.
-pub fn prune(dir: &Path, keep: usize) {
+/// Deletes all but the `keep` newest snapshot files, never the file of `serving`
+/// (the version served now, which a rollback may have made an old one).
+pub fn prune(dir: &Path, keep: usize, serving: Option<u64>) {
     let versions = versions_on_disk(dir);
     let n = versions.len();
     for v in versions.into_iter().take(n.saturating_sub(keep)) {
+        if Some(v) == serving {
+            continue;
+        }
         let path = dir.join(file_name(v));
         if let Err(e) = std::fs::remove_file(&path) {
             tracing::warn!(path = %path.display(), error = %e, "could not delete old snapshot");
         }
     }
+}
+
+/// Whether the file of `version` is still in `dir` (pruned versions stay listed).
+pub fn file_kept(dir: &Path, version: u64) -> bool {
+    dir.join(file_name(version)).is_file()
 }
 
 /// Formats a timestamp as RFC 3339.
@@ -260,5 +336,19 @@ mod tests {
         assert_eq!(parse_version("model-x.fkm"), None);
         assert_eq!(parse_version("model-0000000001.tmp"), None);
         assert!(file_name(9) < file_name(10), "names sort like versions");
+    }
+
+    #[test]
+    fn prune_keeps_the_newest_and_the_serving_file() {
+        let dir = std::env::temp_dir().join(format!("funkrec-prune-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for v in 1..=6 {
+            std::fs::write(dir.join(file_name(v)), b"x").unwrap();
+        }
+        prune(&dir, 2, Some(2));
+        let left: Vec<u64> = versions_on_disk(&dir).into_iter().collect();
+        assert_eq!(left, vec![2, 5, 6]);
+        assert!(file_kept(&dir, 2) && !file_kept(&dir, 3));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

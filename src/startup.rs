@@ -25,7 +25,7 @@ pub struct Application {
 }
 
 impl Application {
-    /// Opens and migrates the store, loads the newest valid snapshot (served
+    /// Opens and migrates the store, loads the serving (else the newest valid) snapshot (served
     /// before any retrain), starts the worker and binds the listener.
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
         settings.validate()?;
@@ -37,19 +37,7 @@ impl Application {
             .await
             .context("loading model snapshots")?;
         match snap {
-            Some(s) => {
-                let s = Arc::new(s);
-                serving.publish(s.clone());
-                let (store, recent) = (store.clone(), recent.clone());
-                tokio::spawn(async move {
-                    if let Err(e) = snapshot::index_rated(&store, s, &recent).await {
-                        tracing::warn!(
-                            error = format!("{e:#}"),
-                            "could not index rated items; reading them from the store"
-                        );
-                    }
-                });
-            }
+            Some(s) => snapshot::serve_loaded(&serving, &store, &recent, Arc::new(s)),
             None => tracing::info!(
                 "no model snapshot yet: serving fallbacks until the first training run"
             ),

@@ -10,7 +10,10 @@
 use funkrec::config::Settings;
 use funkrec::domain::{ItemId, NewRating, RatingValue, UserId};
 use funkrec::rated::RecentWrites;
-use funkrec::store::{ImportRow, ModelRow, Store, StoreError, Writer, WriterTask};
+use funkrec::store::{
+    ImportRow, ModelRow, Store, StoreError, Writer, WriterTask, MODEL_REJECTED, MODEL_SERVING,
+    MODEL_SUPERSEDED,
+};
 use funkrec_engine::Scale;
 use sqlx::Connection;
 use std::sync::Arc;
@@ -414,11 +417,9 @@ async fn training_scan(db: &TestDb) {
     task.finish().await;
 }
 
-contract!(model_rows);
-async fn model_rows(db: &TestDb) {
-    let store = &db.store;
-    assert!(store.model_rows().await.unwrap().is_empty());
-    let row = |version: i64, holdout: Option<f64>| ModelRow {
+/// A `model` row of `version` in `state`.
+fn model_row(version: i64, holdout: Option<f64>, state: &str) -> ModelRow {
+    ModelRow {
         version,
         file: format!("model-{version}.bin"),
         trained_at: "2026-11-30T05:00:00Z".into(),
@@ -430,18 +431,86 @@ async fn model_rows(db: &TestDb) {
         train_rmse: Some(0.75),
         holdout_rmse: holdout,
         train_secs: 1.5,
-    };
+        state: state.into(),
+        reason: (state == MODEL_REJECTED).then(|| "worse".to_owned()),
+    }
+}
+
+contract!(model_rows);
+async fn model_rows(db: &TestDb) {
+    let store = &db.store;
+    assert!(store.model_rows().await.unwrap().is_empty());
+    assert_eq!(store.serving_version().await.unwrap(), None);
+    let row = |v, h| model_row(v, h, MODEL_SERVING);
     store.insert_model_row(&row(1, Some(0.9))).await.unwrap();
     store.insert_model_row(&row(2, None)).await.unwrap();
+    // the second serving row superseded the first, in the same transaction
+    let superseded = ModelRow {
+        state: MODEL_SUPERSEDED.into(),
+        ..row(1, Some(0.9))
+    };
     assert_eq!(
         store.model_rows().await.unwrap(),
-        vec![row(2, None), row(1, Some(0.9))]
+        vec![row(2, None), superseded]
     );
+    assert_eq!(store.serving_version().await.unwrap(), Some(2));
     let dup = store.insert_model_row(&row(2, None)).await.unwrap_err();
     assert!(
         !dup.is_unavailable(),
         "a duplicate version is not a 503: {dup:?}"
     );
+    assert_eq!(
+        store.serving_version().await.unwrap(),
+        Some(2),
+        "the failed insert changed nothing"
+    );
+}
+
+contract!(model_states);
+async fn model_states(db: &TestDb) {
+    let store = &db.store;
+    assert!(!store.set_serving(1).await.unwrap(), "no such version");
+    store
+        .insert_model_row(&model_row(1, Some(0.9), MODEL_SERVING))
+        .await
+        .unwrap();
+    store
+        .insert_model_row(&model_row(2, Some(0.95), MODEL_REJECTED))
+        .await
+        .unwrap();
+    // a rejected row changes nothing about serving
+    assert_eq!(store.serving_version().await.unwrap(), Some(1));
+    store
+        .insert_model_row(&model_row(3, Some(0.88), MODEL_SERVING))
+        .await
+        .unwrap();
+    assert_eq!(store.serving_version().await.unwrap(), Some(3));
+    // rollback to 1: 3 becomes superseded, in one transaction
+    assert!(store.set_serving(1).await.unwrap());
+    assert_eq!(store.serving_version().await.unwrap(), Some(1));
+    let states: Vec<(i64, String, Option<String>)> = store
+        .model_rows()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.version, r.state, r.reason))
+        .collect();
+    assert_eq!(
+        states,
+        vec![
+            (3, MODEL_SUPERSEDED.into(), None),
+            (2, MODEL_REJECTED.into(), Some("worse".into())),
+            (1, MODEL_SERVING.into(), None),
+        ]
+    );
+    // idempotent, and an unknown version changes nothing
+    assert!(store.set_serving(1).await.unwrap());
+    assert!(!store.set_serving(99).await.unwrap());
+    assert_eq!(store.serving_version().await.unwrap(), Some(1));
+    // a second store on the same database (a restart) sees the same states
+    let again = Store::connect(&db.settings).await.unwrap();
+    assert_eq!(again.serving_version().await.unwrap(), Some(1));
+    again.close().await;
 }
 
 fn import_row(user: &str, item: &str, rating: f32, timestamp: i64) -> anyhow::Result<ImportRow> {

@@ -179,11 +179,14 @@ async function showCurve(m) {
 async function showHistory() {
   const rows = await (await api("/v1/model/history")).json();
   fill("history-table", rows.versions, (tr, v) => {
-    cell(tr, v.version); cell(tr, v.trained_at); cell(tr, v.trainer);
+    cell(tr, v.version); cell(tr, v.state, "state-" + v.state); cell(tr, v.trained_at); cell(tr, v.trainer);
     cell(tr, fmt(v.holdout_rmse), "num"); cell(tr, fmt(v.train_rmse), "num"); cell(tr, fmt(v.train_seconds, 2), "num");
+    cell(tr, v.reason || "");
   });
+  const rejected = rows.versions.filter((v) => v.state === "rejected").length;
   await plot("history-plot", "/v1/model/history.svg",
-    "Model history: holdout RMSE and training time for " + rows.versions.length + " versions (numbers in the table below)");
+    "Model history: holdout RMSE and training time for " + rows.versions.length + " versions" +
+    (rejected ? ", " + rejected + " rejected by the publish gate (red crosses)" : "") + " (numbers in the table below)");
 }
 
 // ---- explorer ----

@@ -3,7 +3,9 @@
 use super::{epoch_bar, load, on_epoch_for, write_curve, HyperArgs};
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use funkrec_engine::eval::{evaluate_new_users, evaluate_split, kfold, mean_std, FoldResult};
+use funkrec_engine::eval::{
+    evaluate_new_users, evaluate_split, kfold, mean_std, EvalStopping, FoldResult,
+};
 use funkrec_engine::io::{read_against, Format};
 use funkrec_engine::{Dataset, Hyper, Rating, TrainerKind};
 use serde::Serialize;
@@ -31,7 +33,8 @@ pub struct EvalArgs {
     /// Print one JSON object on stdout instead of the table.
     #[arg(long)]
     pub json: bool,
-    /// Also record the test RMSE after every epoch (in --json output).
+    /// Also record the validation RMSE after every epoch (in --json output): the test
+    /// split's without early stopping, the carved validation set's with it.
     #[arg(long)]
     pub curve: bool,
     /// Draw train and test RMSE per epoch, one line each per fold or split, as an SVG
@@ -46,12 +49,25 @@ pub struct EvalArgs {
     /// folded in and the other half tested, beside a retrain that sees the folded half.
     #[arg(long, value_name = "F")]
     pub new_users: Option<f64>,
+    /// Early stopping (--patience > 0) never looks at the test ratings: this seeded
+    /// fraction of each training split is held out as its validation set (0 = no
+    /// early stopping).
+    #[arg(long, value_name = "F", default_value_t = DEFAULT_VALIDATION)]
+    pub validation: f64,
+    /// With early stopping: train once more on the whole training split for the
+    /// best epoch count found on the validation set.
+    #[arg(long)]
+    pub refit: bool,
 }
+
+/// The validation fraction of `funkrec eval` and `funkrec train` (docs/accuracy.md).
+pub const DEFAULT_VALIDATION: f64 = 0.05;
 
 #[derive(Serialize)]
 struct EvalOutput {
     trainer: TrainerKind,
     hyper: Hyper,
+    stopping: EvalStopping,
     rmse: f64,
     rmse_std: f64,
     mae: f64,
@@ -94,13 +110,21 @@ pub fn run(args: EvalArgs) -> Result<()> {
     if let Some(fraction) = args.new_users {
         return new_users(&splits, fraction, &hyper, &args);
     }
+    if !(0.0..0.5).contains(&args.validation) {
+        bail!("--validation must be in [0, 0.5), got {}", args.validation);
+    }
+    let stopping = match (args.validation > 0.0 && hyper.patience > 0, args.refit) {
+        (false, _) => EvalStopping::Off,
+        (true, false) => EvalStopping::Carve(args.validation),
+        (true, true) => EvalStopping::Refit(args.validation),
+    };
     let mut folds = Vec::new();
     let quiet = args.quiet || args.json;
     let curve = args.curve || args.plot.is_some();
     for (name, train_set, test) in &splits {
         let pb = epoch_bar(hyper.total_epochs(), name, quiet);
         let mut cb = on_epoch_for(&pb);
-        let res = evaluate_split(train_set, test, &hyper, curve, &mut cb)?;
+        let res = evaluate_split(train_set, test, &hyper, curve, stopping, &mut cb)?;
         pb.finish_and_clear();
         folds.push(res);
     }
@@ -110,11 +134,11 @@ pub fn run(args: EvalArgs) -> Result<()> {
             .zip(&folds)
             .flat_map(|((name, _, _), f)| crate::plot::rmse_series(&format!("{name} "), &f.epochs))
             .collect();
-        write_curve(
-            plot,
-            "Learning curves (funkrec eval; validation = test split)",
-            &series,
-        )?;
+        let title = match stopping {
+            EvalStopping::Off => "Learning curves (funkrec eval; validation = test split)",
+            _ => "Learning curves (funkrec eval; validation = held-out part of the training split)",
+        };
+        write_curve(plot, title, &series)?;
     }
     let stat = |f: fn(&FoldResult) -> f64| mean_std(folds.iter().map(f));
     let (rmse, rmse_std) = stat(|f| f.rmse);
@@ -122,6 +146,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let out = EvalOutput {
         trainer: hyper.trainer,
         hyper: hyper.clone(),
+        stopping,
         rmse,
         rmse_std,
         mae,
@@ -141,10 +166,15 @@ pub fn run(args: EvalArgs) -> Result<()> {
         return Ok(());
     }
     println!(
-        "Evaluating RMSE, MAE of {} (k={}, epochs={}) on {} split(s).\n",
+        "Evaluating RMSE, MAE of {} (k={}, epochs={}, early stopping: {}) on {} split(s).\n",
         hyper.trainer,
         hyper.factors,
         hyper.epochs,
+        match stopping {
+            EvalStopping::Off => "off".to_owned(),
+            EvalStopping::Carve(f) => format!("patience {}, validation {f}", hyper.patience),
+            EvalStopping::Refit(f) => format!("patience {}, validation {f}, refit", hyper.patience),
+        },
         splits.len()
     );
     print!("{:<14}", "");
@@ -165,6 +195,11 @@ pub fn run(args: EvalArgs) -> Result<()> {
     row("Precision@10", |f| f.precision_at_10, 4);
     row("Recall@10", |f| f.recall_at_10, 4);
     row("NDCG@10", |f| f.ndcg_at_10, 4);
+    row(
+        "Best epoch",
+        |f| f.best_epoch.map_or(f64::NAN, |e| e as f64),
+        0,
+    );
     row("Fit time (s)", |f| f.fit_seconds, 2);
     Ok(())
 }

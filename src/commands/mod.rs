@@ -94,6 +94,10 @@ pub struct HyperArgs {
     pub funk_cycles: Option<usize>,
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Early stopping: stop after this many epochs without a better validation RMSE
+    /// and keep the best epoch (0 = off; needs a validation set, see --validation).
+    #[arg(long)]
+    pub patience: Option<usize>,
     #[arg(long)]
     pub seed: Option<u64>,
     /// Rating scale LO,HI (e.g. 0.5,5).
@@ -122,6 +126,7 @@ impl HyperArgs {
             init_std,
             funk_cycles,
             threads,
+            patience,
             seed,
             scale
         );

@@ -3,8 +3,9 @@
 //! endpoints it reads.
 
 use crate::http::error::{ApiError, ErrorBody};
+use crate::http::model::{VersionInfo, VersionState};
 use crate::http::AppState;
-use crate::plot::{self, Chart, Series};
+use crate::plot::{self, Chart, Marker, Series};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
@@ -177,41 +178,15 @@ pub async fn learning_curve_svg(State(st): State<AppState>) -> Response {
     }))
 }
 
-/// One published model version, as recorded in the store.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct ModelVersion {
-    pub version: u64,
-    /// RFC 3339, UTC.
-    pub trained_at: String,
-    pub trainer: String,
-    pub ratings: u64,
-    pub train_rmse: Option<f64>,
-    pub holdout_rmse: Option<f64>,
-    pub train_seconds: f64,
-}
-
-/// `GET /v1/model/history` answer: every recorded version, oldest first.
+/// `GET /v1/model/history` answer: every recorded version, oldest first (rejected
+/// ones included, marked by their `state`).
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ModelHistory {
-    pub versions: Vec<ModelVersion>,
+    pub versions: Vec<VersionInfo>,
 }
 
-async fn versions(st: &AppState) -> Result<Vec<ModelVersion>, ApiError> {
-    let mut rows: Vec<ModelVersion> = st
-        .store
-        .model_rows()
-        .await?
-        .into_iter()
-        .map(|r| ModelVersion {
-            version: r.version.max(0) as u64,
-            trained_at: r.trained_at,
-            trainer: r.trainer,
-            ratings: r.n_ratings.max(0) as u64,
-            train_rmse: r.train_rmse,
-            holdout_rmse: r.holdout_rmse,
-            train_seconds: r.train_secs,
-        })
-        .collect();
+async fn versions(st: &AppState) -> Result<Vec<VersionInfo>, ApiError> {
+    let mut rows = crate::http::model::version_list(st).await?;
     rows.reverse();
     Ok(rows)
 }
@@ -240,26 +215,38 @@ pub async fn history(State(st): State<AppState>) -> Result<Json<ModelHistory>, A
     tag = "model",
     operation_id = "model_history_svg",
     responses(
-        (status = 200, description = "SVG: holdout RMSE and training seconds per version, one marker per version", content_type = "image/svg+xml", body = String),
+        (status = 200, description = "SVG: holdout RMSE and training seconds per version, one marker per version (a circle on the line; a red cross for a rejected version)", content_type = "image/svg+xml", body = String),
         (status = 500, description = "`internal`", body = ErrorBody),
     )
 )]
 pub async fn history_svg(State(st): State<AppState>) -> Result<Response, ApiError> {
     let rows = versions(&st).await?;
-    let holdout = [Series {
-        name: "holdout RMSE".into(),
-        points: rows
-            .iter()
-            .filter_map(|v| Some((v.version as f64, v.holdout_rmse?)))
-            .collect(),
-    }];
-    let seconds = [Series {
-        name: "training time (s)".into(),
-        points: rows
-            .iter()
-            .map(|v| (v.version as f64, v.train_seconds))
-            .collect(),
-    }];
+    // published versions on a line of circles, rejected ones as red crosses
+    let split = |y: fn(&VersionInfo) -> Option<f64>, name: &str| {
+        let (rejected, published): (Vec<&VersionInfo>, Vec<&VersionInfo>) =
+            rows.iter().partition(|v| v.state == VersionState::Rejected);
+        let points = |vs: Vec<&VersionInfo>| -> Vec<(f64, f64)> {
+            vs.into_iter()
+                .filter_map(|v| Some((v.version as f64, y(v)?)))
+                .collect()
+        };
+        let mut series = vec![Series {
+            name: name.to_owned(),
+            points: points(published),
+            marker: Marker::Circle,
+        }];
+        let rejected = points(rejected);
+        if !rejected.is_empty() {
+            series.push(Series {
+                name: format!("{name}, rejected"),
+                points: rejected,
+                marker: Marker::Cross,
+            });
+        }
+        series
+    };
+    let holdout = split(|v| v.holdout_rmse, "holdout RMSE");
+    let seconds = split(|v| Some(v.train_seconds), "training time (s)");
     Ok(svg_response(plot::svg_stack(&[
         Chart {
             title: "Holdout RMSE per model version",
@@ -359,6 +346,7 @@ pub async fn ingestion_svg(State(st): State<AppState>) -> Response {
             .enumerate()
             .map(|(i, &c)| (i as f64 - n + 1.0, c as f64))
             .collect(),
+        marker: Marker::Circle,
     }];
     let bars: Vec<(f64, f64)> = now
         .distribution

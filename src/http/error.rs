@@ -80,6 +80,15 @@ pub enum ApiError {
     /// A JSON object names the same key twice (which one wins is not defined).
     #[error("{0}")]
     DuplicateKey(String),
+    /// `POST /v1/model/rollback`: no model version has that number.
+    #[error("{0}")]
+    VersionNotFound(String),
+    /// `POST /v1/model/rollback`: the version was rejected by the publish gate.
+    #[error("{0}")]
+    VersionRejected(String),
+    /// `POST /v1/model/rollback`: the version's file was pruned or does not verify.
+    #[error("{0}")]
+    VersionFileUnavailable(String),
 }
 
 // The `code` of every error body and the `ErrorCode` enum of the OpenAPI document; serde
@@ -115,6 +124,9 @@ pub enum ErrorCode {
     RequestTimeout,
     UriTooLong,
     HeadersTooLarge,
+    VersionNotFound,
+    VersionRejected,
+    VersionFileUnavailable,
 }
 
 impl ErrorCode {
@@ -193,6 +205,9 @@ impl ApiError {
                 C::HeadersTooLarge,
             ),
             E::DuplicateKey(_) => (StatusCode::BAD_REQUEST, C::InvalidBody),
+            E::VersionNotFound(_) => (StatusCode::NOT_FOUND, C::VersionNotFound),
+            E::VersionRejected(_) => (StatusCode::CONFLICT, C::VersionRejected),
+            E::VersionFileUnavailable(_) => (StatusCode::CONFLICT, C::VersionFileUnavailable),
         }
     }
 

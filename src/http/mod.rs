@@ -94,6 +94,8 @@ fn api_routes() -> Router<AppState> {
         .route("/v1/items/{item}/similar", get(recs::similar))
         .route("/v1/model", get(model::get_model))
         .route("/v1/model/train", post(model::train))
+        .route("/v1/model/versions", get(model::versions))
+        .route("/v1/model/rollback", post(model::rollback))
         .route("/v1/model/curve.svg", get(dashboard::learning_curve_svg))
         .route("/v1/model/history", get(dashboard::history))
         .route("/v1/model/history.svg", get(dashboard::history_svg))

@@ -1,8 +1,10 @@
-//! Model endpoints: describe the serving snapshot, request a retrain.
+//! Model endpoints: describe the serving snapshot, request a retrain, list the model
+//! versions and roll back to a kept one.
 
-use crate::http::error::ErrorBody;
+use crate::http::error::{ApiError, ErrorBody};
+use crate::http::extract::JsonBytes;
 use crate::http::AppState;
-use crate::worker::JobStatus;
+use crate::worker::{JobStatus, RollbackError};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
@@ -54,6 +56,13 @@ pub struct ModelInfo {
     pub holdout_rmse: Option<Option<f64>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub epochs: Option<Vec<EpochStats>>,
+    /// Early stopping (`model.patience`): the epoch whose parameters the model holds
+    /// (the lowest holdout RMSE); absent when early stopping was off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best_epoch: Option<usize>,
+    /// The run ended before `model.epochs` because the holdout RMSE stopped improving.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped_early: Option<bool>,
     /// The background worker.
     pub training: JobStatus,
 }
@@ -91,6 +100,8 @@ pub async fn get_model(State(st): State<AppState>) -> Json<ModelInfo> {
             train_rmse: None,
             holdout_rmse: None,
             epochs: None,
+            best_epoch: None,
+            stopped_early: None,
             training,
         });
     };
@@ -112,6 +123,8 @@ pub async fn get_model(State(st): State<AppState>) -> Json<ModelInfo> {
         train_rmse: snap.train_rmse(),
         holdout_rmse: Some(snap.holdout_rmse),
         epochs: Some(m.report.epochs.clone()),
+        best_epoch: m.report.best_epoch,
+        stopped_early: Some(m.report.stopped_early),
         training,
     })
 }
@@ -131,4 +144,184 @@ pub async fn get_model(State(st): State<AppState>) -> Json<ModelInfo> {
 pub async fn train(State(st): State<AppState>) -> (StatusCode, Json<TrainAccepted>) {
     let job = st.worker.request();
     (StatusCode::ACCEPTED, Json(TrainAccepted { job }))
+}
+
+/// The state of a model version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum VersionState {
+    /// Served now (exactly one version, once a model exists).
+    Serving,
+    /// Was served; a later publication or a rollback replaced it.
+    Superseded,
+    /// Refused by the publish gate (`reason` says why); never served, no file.
+    Rejected,
+}
+
+impl VersionState {
+    fn from_row(state: &str) -> VersionState {
+        match state {
+            crate::store::MODEL_SERVING => VersionState::Serving,
+            crate::store::MODEL_REJECTED => VersionState::Rejected,
+            _ => VersionState::Superseded,
+        }
+    }
+}
+
+/// Sizes of the data behind a model version.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct VersionCounts {
+    pub users: u64,
+    pub items: u64,
+    /// Ratings the run loaded from the store (training + holdout).
+    pub ratings: u64,
+    pub holdout: u64,
+}
+
+/// One model version, as recorded in the `model` table.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct VersionInfo {
+    pub version: u64,
+    pub state: VersionState,
+    /// RFC 3339, UTC.
+    pub trained_at: String,
+    pub trainer: String,
+    pub counts: VersionCounts,
+    /// RMSE on the held-out ratings (`null` when nothing was held out).
+    pub holdout_rmse: Option<f64>,
+    /// RMSE on the training ratings at the kept epoch.
+    pub train_rmse: Option<f64>,
+    /// Training time in seconds.
+    pub train_seconds: f64,
+    /// Why the publish gate rejected it (`null` unless `rejected`).
+    pub reason: Option<String>,
+    /// Whether its model file is still on disk (`storage.keep_snapshots` prunes old
+    /// ones, never the serving one): only a kept, non-rejected version can be rolled
+    /// back to.
+    pub file_kept: bool,
+}
+
+/// `GET /v1/model/versions`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ModelVersions {
+    /// Every recorded version, newest first.
+    pub versions: Vec<VersionInfo>,
+}
+
+impl VersionInfo {
+    /// The version of `row`; `dir` holds the model files.
+    pub fn from_row(r: crate::store::ModelRow, dir: &std::path::Path) -> VersionInfo {
+        VersionInfo {
+            version: r.version.max(0) as u64,
+            state: VersionState::from_row(&r.state),
+            file_kept: crate::snapshot::file_kept(dir, r.version.max(0) as u64),
+            trained_at: r.trained_at,
+            trainer: r.trainer,
+            counts: VersionCounts {
+                users: r.n_users.max(0) as u64,
+                items: r.n_items.max(0) as u64,
+                ratings: r.n_ratings.max(0) as u64,
+                holdout: r.n_holdout.max(0) as u64,
+            },
+            holdout_rmse: r.holdout_rmse,
+            train_rmse: r.train_rmse,
+            train_seconds: r.train_secs,
+            reason: r.reason,
+        }
+    }
+}
+
+/// Every recorded version, newest first.
+pub async fn version_list(st: &AppState) -> Result<Vec<VersionInfo>, ApiError> {
+    let dir = st.settings.models_dir();
+    let rows = st.store.model_rows().await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| VersionInfo::from_row(r, &dir))
+        .collect())
+}
+
+/// `GET /v1/model/versions` — every model version (serving, superseded, rejected).
+#[utoipa::path(
+    get,
+    path = "/v1/model/versions",
+    tag = "model",
+    operation_id = "model_versions",
+    responses(
+        (status = 200, description = "Every recorded model version, newest first", body = ModelVersions),
+        (status = 500, description = "`internal`", body = ErrorBody),
+        (status = 503, description = "`timeout` or `unavailable` (database)", body = ErrorBody),
+    )
+)]
+pub async fn versions(State(st): State<AppState>) -> Result<Json<ModelVersions>, ApiError> {
+    Ok(Json(ModelVersions {
+        versions: version_list(&st).await?,
+    }))
+}
+
+/// Body of `POST /v1/model/rollback`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackRequest {
+    /// The kept version to serve again.
+    #[schema(minimum = 1)]
+    pub version: u64,
+}
+
+/// `200` answer of `POST /v1/model/rollback`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct RollbackDone {
+    /// The version served now.
+    pub version: u64,
+    pub trained_at: String,
+    pub holdout_rmse: Option<f64>,
+}
+
+/// `POST /v1/model/rollback` — serves a kept version again (its file is loaded and
+/// verified, then swapped in atomically and recorded as the serving version).
+#[utoipa::path(
+    post,
+    path = "/v1/model/rollback",
+    tag = "model",
+    operation_id = "rollback",
+    request_body(content = RollbackRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The version serves now (committed)", body = RollbackDone),
+        (status = 400, description = "`malformed_json`, or `invalid_body` (a key named twice)", body = ErrorBody),
+        (status = 404, description = "`version_not_found`: no model version has that number", body = ErrorBody),
+        (status = 409, description = "`version_rejected` (the publish gate refused it) or `version_file_unavailable` (its file was pruned or does not verify)", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
+        (status = 422, description = "`invalid_body`: wrong shape, type, missing or unknown field", body = ErrorBody),
+        (status = 500, description = "`internal`", body = ErrorBody),
+        (status = 503, description = "`timeout` or `unavailable` (database)", body = ErrorBody),
+    )
+)]
+pub async fn rollback(
+    State(st): State<AppState>,
+    JsonBytes(body): JsonBytes,
+) -> Result<Json<RollbackDone>, ApiError> {
+    let value = crate::http::body::parse_strict_json(&body)?;
+    if !value.is_object() {
+        return Err(ApiError::InvalidBody(
+            "the body must be a JSON object: {\"version\": N}".into(),
+        ));
+    }
+    let req: RollbackRequest =
+        serde_json::from_value(value).map_err(|e| ApiError::InvalidBody(e.to_string()))?;
+    let snap = st.worker.rollback(req.version).await.map_err(|e| {
+        let msg = format!("version {}: {e}", req.version);
+        match e {
+            RollbackError::NotFound => ApiError::VersionNotFound(msg),
+            RollbackError::Rejected(_) => ApiError::VersionRejected(msg),
+            RollbackError::FileUnavailable(_) => ApiError::VersionFileUnavailable(msg),
+            RollbackError::Store(e) => e.into(),
+            RollbackError::Internal(e) => ApiError::Internal(format!("{e:#}")),
+        }
+    })?;
+    Ok(Json(RollbackDone {
+        version: snap.version,
+        trained_at: snap.trained_at.clone(),
+        holdout_rmse: snap.holdout_rmse,
+    }))
 }

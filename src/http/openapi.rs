@@ -70,6 +70,8 @@ fn openapi_doc() {}
         crate::http::recs::similar,
         crate::http::model::get_model,
         crate::http::model::train,
+        crate::http::model::versions,
+        crate::http::model::rollback,
         openapi_doc,
         crate::http::dashboard::page,
         crate::http::dashboard::script,

@@ -73,7 +73,22 @@ pub struct ModelRow {
     pub train_rmse: Option<f64>,
     pub holdout_rmse: Option<f64>,
     pub train_secs: f64,
+    /// [`MODEL_SERVING`], [`MODEL_SUPERSEDED`] or [`MODEL_REJECTED`].
+    pub state: String,
+    /// Why the publish gate rejected the version (None otherwise).
+    pub reason: Option<String>,
 }
+
+/// The version the service serves (at most one row has this state).
+pub const MODEL_SERVING: &str = "serving";
+/// Published once; another version serves now.
+pub const MODEL_SUPERSEDED: &str = "superseded";
+/// Refused by the publish gate; never served.
+pub const MODEL_REJECTED: &str = "rejected";
+
+/// The columns of a [`ModelRow`], in its order (both backends select them).
+const MODEL_COLUMNS: &str = "version, file, trained_at, trainer, n_users, n_items, n_ratings, \
+     n_holdout, train_rmse, holdout_rmse, train_secs, state, reason";
 
 impl Store {
     /// Opens and migrates the database of `storage.database_url`: PostgreSQL for a
@@ -332,17 +347,24 @@ impl Store {
         Ok(rows)
     }
 
-    /// Records a published snapshot's metadata.
-    #[tracing::instrument(skip_all, fields(version = row.version))]
+    /// Records a model version's metadata. A row whose state is [`MODEL_SERVING`]
+    /// takes over serving in the same transaction (the serving row before it becomes
+    /// [`MODEL_SUPERSEDED`]); a [`MODEL_REJECTED`] row changes nothing else.
+    #[tracing::instrument(skip_all, fields(version = row.version, state = %row.state))]
     pub async fn insert_model_row(&self, row: &ModelRow) -> Result<(), StoreError> {
         let pool = match self.sqlite() {
             Ok(pool) => pool,
             Err(pg) => return pg.insert_model_row(row).await,
         };
-        sqlx::query(
-            "INSERT INTO model (version, file, trained_at, trainer, n_users, n_items, n_ratings, \
-             n_holdout, train_rmse, holdout_rmse, train_secs) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
+        let mut tx = pool.begin().await?;
+        if row.state == MODEL_SERVING {
+            sqlx::query("UPDATE model SET state = 'superseded' WHERE state = 'serving'")
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query(&format!(
+            "INSERT INTO model ({MODEL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        ))
         .bind(row.version)
         .bind(&row.file)
         .bind(&row.trained_at)
@@ -354,22 +376,24 @@ impl Store {
         .bind(row.train_rmse)
         .bind(row.holdout_rmse)
         .bind(row.train_secs)
-        .execute(pool)
+        .bind(&row.state)
+        .bind(&row.reason)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 
-    /// Every recorded snapshot, newest first.
+    /// Every recorded model version, newest first.
     #[tracing::instrument(level = "debug", skip_all, fields(rows = Empty))]
     pub async fn model_rows(&self) -> Result<Vec<ModelRow>, StoreError> {
         let pool = match self.sqlite() {
             Ok(pool) => pool,
             Err(pg) => return pg.model_rows().await,
         };
-        let rows: Vec<ModelRow> = sqlx::query_as(
-            "SELECT version, file, trained_at, trainer, n_users, n_items, n_ratings, n_holdout, \
-             train_rmse, holdout_rmse, train_secs FROM model ORDER BY version DESC",
-        )
+        let rows: Vec<ModelRow> = sqlx::query_as(&format!(
+            "SELECT {MODEL_COLUMNS} FROM model ORDER BY version DESC"
+        ))
         .fetch_all(pool)
         .await?;
         tracing::Span::current().record("rows", rows.len());
@@ -419,6 +443,52 @@ impl Store {
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    /// The version whose state is [`MODEL_SERVING`] (None: no version serves yet).
+    #[tracing::instrument(level = "debug", skip_all)]
+    pub async fn serving_version(&self) -> Result<Option<u64>, StoreError> {
+        let pool = match self.sqlite() {
+            Ok(pool) => pool,
+            Err(pg) => return pg.serving_version().await,
+        };
+        let v: Option<i64> =
+            sqlx::query_scalar("SELECT version FROM model WHERE state = 'serving'")
+                .fetch_optional(pool)
+                .await?;
+        Ok(v.map(|v| v as u64))
+    }
+
+    /// Makes `version` the serving one, in one transaction: the serving row before it
+    /// becomes [`MODEL_SUPERSEDED`]. False (and nothing changed) when no row has that
+    /// version.
+    #[tracing::instrument(skip_all, fields(version = version))]
+    pub async fn set_serving(&self, version: u64) -> Result<bool, StoreError> {
+        let pool = match self.sqlite() {
+            Ok(pool) => pool,
+            Err(pg) => return pg.set_serving(version).await,
+        };
+        let version = version.min(i64::MAX as u64) as i64;
+        let mut tx = pool.begin().await?;
+        let exists: Option<i64> = sqlx::query_scalar("SELECT version FROM model WHERE version = ?")
+            .bind(version)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if exists.is_none() {
+            return Ok(false);
+        }
+        sqlx::query(
+            "UPDATE model SET state = 'superseded' WHERE state = 'serving' AND version <> ?",
+        )
+        .bind(version)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE model SET state = 'serving', reason = NULL WHERE version = ?")
+            .bind(version)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     /// Bulk load for `funkrec import` (see `bulk.rs`), holding the store's lock

@@ -1,6 +1,6 @@
 //! One training run as a pure computation: store rows in, an unpublished snapshot out.
 
-use super::dataset::split;
+use super::dataset::split_for;
 use crate::config::Settings;
 use crate::rated::RatedIndex;
 use crate::snapshot::{self, Rated, Snapshot};
@@ -10,20 +10,43 @@ use funkrec_engine::EpochStats;
 use std::ops::ControlFlow;
 use std::sync::OnceLock;
 
-/// Trains a model on `rows` (holdout split, rated-items index, training, holdout RMSE,
-/// top-N index) and returns it as snapshot `version`, complete up to write sequence
-/// number `since`. Reads and writes nothing: publication is the caller's. `on_epoch`
-/// sees every epoch and can stop the run, which then returns `Ok(None)`.
+/// A trained, unpublished snapshot and what the publish gate compares it with.
+#[derive(Debug)]
+pub struct Built {
+    pub snapshot: Snapshot,
+    /// The RMSE of the `baseline` model (the serving one) on this run's holdout
+    /// (None without a baseline or without a holdout).
+    pub baseline_rmse: Option<f64>,
+}
+
+/// Trains a model on `rows` (holdout split, rated-items index, training with early
+/// stopping on the holdout, holdout RMSE, top-N index) and returns it as snapshot
+/// `version`, complete up to write sequence number `since`, with the RMSE of
+/// `baseline` on the same holdout. Reads and writes nothing: publication is the
+/// caller's. `on_epoch` sees every epoch and can stop the run, which then returns
+/// `Ok(None)`.
 pub fn build_snapshot(
     rows: TrainingRows,
     settings: &Settings,
     version: u64,
     since: u64,
+    baseline: Option<&funkrec_engine::Model>,
     on_epoch: &mut dyn FnMut(&EpochStats) -> ControlFlow<()>,
-) -> Result<Option<Snapshot>, funkrec_engine::EngineError> {
+) -> Result<Option<Built>, funkrec_engine::EngineError> {
     let t = &settings.training;
     let n_total = rows.ratings.len() as u64;
-    let (mut data, holdout) = split(&rows, t.holdout_fraction, t.holdout_max, t.holdout_seed);
+    let split = split_for(
+        &rows,
+        t.holdout_fraction,
+        t.holdout_max,
+        t.holdout_seed,
+        baseline,
+    );
+    let (mut data, holdout) = (split.data, split.holdout);
+    let baseline_rmse = baseline
+        .zip(split.holdout_for.as_deref())
+        .filter(|(_, h)| !h.is_empty())
+        .map(|(m, h)| funkrec_engine::train::rmse_of(m, h));
     // the model's id maps are the training set's
     let rated = RatedIndex::build(&rows, &data.users, &data.items);
     drop(rows);
@@ -42,7 +65,7 @@ pub fn build_snapshot(
         return Ok(None);
     }
     let holdout_rmse = validation.map(|v| funkrec_engine::train::rmse_of(&model, v));
-    Ok(Some(Snapshot {
+    let snapshot = Snapshot {
         version,
         trained_at: snapshot::rfc3339(time::OffsetDateTime::now_utc()),
         index: ItemIndex::new(&model),
@@ -55,6 +78,10 @@ pub fn build_snapshot(
             index: rated,
         }),
         folded: Default::default(),
+    };
+    Ok(Some(Built {
+        snapshot,
+        baseline_rmse,
     }))
 }
 
@@ -98,15 +125,18 @@ mod tests {
     fn builds_a_snapshot_that_learned_the_rows() {
         let s = settings();
         let mut epochs = 0;
-        let snap = build_snapshot(rows(), &s, 7, 3, &mut |_| {
+        let built = build_snapshot(rows(), &s, 7, 3, None, &mut |_| {
             epochs += 1;
             ControlFlow::Continue(())
         })
         .unwrap()
         .expect("not stopped");
-        assert_eq!(epochs, s.model.total_epochs());
+        assert_eq!(built.baseline_rmse, None);
+        let snap = built.snapshot;
+        assert_eq!(epochs, snap.model.report.epochs.len());
+        assert!(epochs <= s.model.total_epochs());
         assert_eq!((snap.version, snap.n_ratings_total), (7, 360));
-        assert_eq!(snap.n_holdout, 18);
+        assert!((5..=40).contains(&snap.n_holdout), "{}", snap.n_holdout);
         assert_eq!(snap.model.n_items(), 12);
         let rmse = snap.holdout_rmse.expect("a holdout was drawn");
         assert!(rmse < 0.5, "holdout RMSE {rmse}");
@@ -117,9 +147,30 @@ mod tests {
     }
 
     #[test]
+    fn the_baseline_is_scored_on_the_same_holdout() {
+        let s = settings();
+        let first = build_snapshot(rows(), &s, 1, 0, None, &mut |_| ControlFlow::Continue(()))
+            .unwrap()
+            .unwrap()
+            .snapshot;
+        let second = build_snapshot(rows(), &s, 2, 0, Some(&first.model), &mut |_| {
+            ControlFlow::Continue(())
+        })
+        .unwrap()
+        .unwrap();
+        // same rows, same seeds: the same holdout and the same model, so the same RMSE
+        let (a, b) = (
+            second.baseline_rmse.unwrap(),
+            second.snapshot.holdout_rmse.unwrap(),
+        );
+        assert!((a - b).abs() < 1e-9, "{a} vs {b}");
+        assert_eq!(first.holdout_rmse, second.snapshot.holdout_rmse);
+    }
+
+    #[test]
     fn a_stopped_run_builds_nothing() {
         let mut seen = 0;
-        let out = build_snapshot(rows(), &settings(), 1, 0, &mut |e| {
+        let out = build_snapshot(rows(), &settings(), 1, 0, None, &mut |e| {
             seen = e.epoch;
             if e.epoch == 2 {
                 ControlFlow::Break(())

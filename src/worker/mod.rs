@@ -3,8 +3,8 @@
 mod build;
 mod dataset;
 
-pub use build::build_snapshot;
-pub use dataset::split;
+pub use build::{build_snapshot, Built};
+pub use dataset::{is_held_out, split, split_for};
 
 use crate::config::Settings;
 use crate::rated::RecentWrites;
@@ -34,6 +34,12 @@ pub struct JobStatus {
     /// Completed runs that published a snapshot, since start.
     pub runs: u64,
     pub failures: u64,
+    /// Completed runs whose model the publish gate rejected, since start.
+    #[serde(default)]
+    pub rejected: u64,
+    /// Why the last rejected model was rejected (None before any rejection).
+    #[serde(default)]
+    pub last_rejection: Option<String>,
     pub last_started_at: Option<String>,
     pub last_finished_at: Option<String>,
     pub last_duration_secs: Option<f64>,
@@ -55,6 +61,9 @@ struct Inner {
     changes_at_start: AtomicU64,
     cancel: CancellationToken,
     last_version: AtomicU64,
+    /// Held while the served version changes (a publication or a rollback), so the
+    /// `model` table's serving row and the served snapshot change together.
+    publishing: tokio::sync::Mutex<()>,
 }
 
 /// Handle to the training worker; cheap to clone.
@@ -100,6 +109,11 @@ pub enum Wake {
 #[derive(Debug, Clone, PartialEq)]
 pub enum RunOutcome {
     Published(u64),
+    /// The publish gate kept the serving model; the version is recorded as rejected.
+    Rejected {
+        version: u64,
+        reason: String,
+    },
     /// Too few ratings; the message says how many.
     Skipped(String),
     /// Shutdown stopped it; nothing was published.
@@ -136,6 +150,7 @@ impl Worker {
                 requested: Notify::new(),
                 cancel: CancellationToken::new(),
                 last_version: AtomicU64::new(last_version),
+                publishing: tokio::sync::Mutex::new(()),
             }),
         };
         if worker.inner.serving.get().is_none() && worker.inner.settings.training.train_on_start {
@@ -292,6 +307,11 @@ impl Worker {
                     s.runs += 1;
                     s.last_error = None;
                 }
+                RunOutcome::Rejected { reason, .. } => {
+                    s.rejected += 1;
+                    s.last_error = None;
+                    s.last_rejection = Some(reason.clone());
+                }
                 RunOutcome::Skipped(msg) => s.last_error = Some(msg.clone()),
                 RunOutcome::Cancelled => {}
                 RunOutcome::Failed(msg) => {
@@ -303,6 +323,14 @@ impl Worker {
         match &outcome {
             RunOutcome::Published(version) => {
                 tracing::info!(version, secs, "published model snapshot")
+            }
+            RunOutcome::Rejected { version, reason } => {
+                tracing::warn!(
+                    version,
+                    secs,
+                    reason,
+                    "model rejected by the publish gate; the serving model stays"
+                )
             }
             RunOutcome::Skipped(msg) => tracing::info!("{msg}"),
             RunOutcome::Cancelled => {
@@ -330,6 +358,8 @@ impl Worker {
         let version = inner.last_version.load(Ordering::SeqCst) + 1;
         tracing::Span::current().record("version", version);
         let worker = self.clone();
+        // The gate compares with the model serving when the run starts.
+        let baseline = inner.serving.get();
         let built = tokio::task::spawn_blocking(move || {
             let inner = &worker.inner;
             let mut on_epoch = |e: &funkrec_engine::EpochStats| {
@@ -340,22 +370,73 @@ impl Worker {
                     ControlFlow::Continue(())
                 }
             };
-            build_snapshot(rows, &inner.settings, version, since, &mut on_epoch)
+            let baseline = baseline.as_ref().map(|b| &b.model);
+            build_snapshot(
+                rows,
+                &inner.settings,
+                version,
+                since,
+                baseline,
+                &mut on_epoch,
+            )
         })
         .await??;
-        match built {
-            Some(snap) => {
-                self.publish(snap).await?;
-                Ok(RunOutcome::Published(version))
-            }
-            None => Ok(RunOutcome::Cancelled),
+        let Some(built) = built else {
+            return Ok(RunOutcome::Cancelled);
+        };
+        if let Some(reason) = gate(&built, inner.settings.training.max_regression) {
+            self.reject(&built.snapshot, &reason).await?;
+            return Ok(RunOutcome::Rejected { version, reason });
         }
+        self.publish(built.snapshot).await?;
+        Ok(RunOutcome::Published(version))
     }
 
+    /// Records a rejected model's row (its file is not written) and uses up its version.
+    async fn reject(&self, snap: &Snapshot, reason: &str) -> anyhow::Result<()> {
+        let inner = &self.inner;
+        let _guard = inner.publishing.lock().await;
+        inner.last_version.store(snap.version, Ordering::SeqCst);
+        let mut row = snap.row();
+        row.state = crate::store::MODEL_REJECTED.to_owned();
+        row.reason = Some(reason.to_owned());
+        inner.store.insert_model_row(&row).await?;
+        Ok(())
+    }
+
+    /// Serves the kept version `version` again: loads and verifies its file, records it
+    /// as the serving row (the one before it becomes superseded) and swaps it in.
+    pub async fn rollback(&self, version: u64) -> Result<Arc<Snapshot>, RollbackError> {
+        let inner = &self.inner;
+        let _guard = inner.publishing.lock().await;
+        let rows = inner.store.model_rows().await?;
+        let row = rows
+            .iter()
+            .find(|r| r.version as u64 == version)
+            .ok_or(RollbackError::NotFound)?;
+        if row.state == crate::store::MODEL_REJECTED {
+            return Err(RollbackError::Rejected(
+                row.reason.clone().unwrap_or_default(),
+            ));
+        }
+        let dir = inner.settings.models_dir();
+        let snap = snapshot::load_version(&dir, version, Some(row))
+            .await
+            .map_err(RollbackError::Internal)?
+            .map_err(RollbackError::FileUnavailable)?;
+        if !inner.store.set_serving(version).await? {
+            return Err(RollbackError::NotFound);
+        }
+        let snap = Arc::new(snap);
+        snapshot::serve_loaded(&inner.serving, &inner.store, &inner.recent, snap.clone());
+        tracing::info!(version, "rolled back: serving an earlier model version");
+        Ok(snap)
+    }
     /// Writes the snapshot's file and `model` row, serves it, then prunes old files
     /// and the recent writes it covers.
     async fn publish(&self, snap: Snapshot) -> anyhow::Result<()> {
         let inner = &self.inner;
+        let _guard = inner.publishing.lock().await;
         let version = snap.version;
         let since = snap.rated.get().map(|r| r.since);
         let dir = inner.settings.models_dir();
@@ -378,7 +459,7 @@ impl Worker {
         // The run's buffers are freed by now (the old snapshot's matrices are unmapped when
         // its last reader drops it): hand the free pages inside the malloc arenas back.
         tokio::task::spawn_blocking(move || {
-            snapshot::prune(&dir, keep);
+            snapshot::prune(&dir, keep, Some(version));
             let t = Instant::now();
             let released = crate::malloc::release_free_memory();
             tracing::debug!(released, secs = t.elapsed().as_secs_f64(), "malloc_trim");
@@ -386,4 +467,38 @@ impl Worker {
         .await?;
         Ok(())
     }
+}
+
+/// Why a rollback was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RollbackError {
+    #[error("no model version with that number")]
+    NotFound,
+    #[error("the version was rejected by the publish gate ({0}) and was never served")]
+    Rejected(String),
+    #[error("the version's model file cannot be served: {0}")]
+    FileUnavailable(String),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error("{0:#}")]
+    Internal(anyhow::Error),
+}
+
+/// The publish gate: the reason to reject `built`, or None to publish it. A model is
+/// rejected when its holdout RMSE is worse than the serving model's on the same
+/// holdout by more than `max_regression` (relative: 0.02 = 2 %). Without a holdout
+/// or without a serving model there is nothing to compare, and it is published.
+pub fn gate(built: &Built, max_regression: f64) -> Option<String> {
+    let new = built.snapshot.holdout_rmse?;
+    let old = built.baseline_rmse?;
+    if new <= old * (1.0 + max_regression) {
+        return None;
+    }
+    Some(format!(
+        "holdout RMSE {new:.4} is {:.2} % worse than the serving model's {old:.4} on the \
+         same {} held-out ratings (training.max_regression = {:.2} %)",
+        (new / old - 1.0) * 100.0,
+        built.snapshot.n_holdout,
+        max_regression * 100.0
+    ))
 }

@@ -31,6 +31,12 @@ pub fn test_settings(dir: &Path) -> Settings {
     s.model.lr_decay = 1.0;
     s.model.init_std = 0.1;
     s.model.threads = 1;
+    // every epoch runs (tests count them, or need long runs); tests/api/versions.rs
+    // turns early stopping on
+    s.model.patience = 0;
+    // the holdout of these small data sets is a handful of ratings: the publish gate
+    // only rejects a model twice as bad (tests/api/versions.rs tests it at 2 %)
+    s.training.max_regression = 1.0;
     s.model.scale = Scale { min: 1.0, max: 5.0 };
     if std::env::var_os("TEST_LOG").is_some() {
         funkrec::telemetry::init("info,funkrec=debug", false);

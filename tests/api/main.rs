@@ -17,3 +17,4 @@ mod pg_fault;
 mod postgres;
 mod ratings;
 mod recommend;
+mod versions;

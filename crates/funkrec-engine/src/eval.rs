@@ -116,19 +116,93 @@ pub struct FoldResult {
     pub precision_at_10: f64,
     pub recall_at_10: f64,
     pub ndcg_at_10: f64,
+    /// Early stopping's best epoch (None when it was off).
+    pub best_epoch: Option<usize>,
+    pub stopped_early: bool,
     pub epochs: Vec<EpochStats>,
 }
 
+/// How an evaluation run may stop early without ever looking at the test ratings.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EvalStopping {
+    /// No early stopping (`patience` is ignored): every epoch runs.
+    Off,
+    /// A seeded `fraction` of the training split is held out as the validation set
+    /// and the model is trained on the rest, with early stopping on it.
+    Carve(f64),
+    /// As `Carve`, to find the best epoch count; then the model is trained again on
+    /// the whole training split for that many epochs (without early stopping).
+    Refit(f64),
+}
+
+/// Splits a seeded `fraction` of `data`'s ratings off as a validation set (same id
+/// maps); returns (the rest, the validation ratings).
+pub fn carve_validation(data: &Dataset, fraction: f64, seed: u64) -> (Dataset, Vec<Rating>) {
+    let n = data.len();
+    let k = ((n as f64 * fraction.clamp(0.0, 0.5)).round() as usize).min(n.saturating_sub(1));
+    let mut held = vec![false; n];
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x7661_6c69);
+    for i in rand::seq::index::sample(&mut rng, n, k) {
+        held[i] = true;
+    }
+    let (mut rest, mut validation) = (Vec::with_capacity(n - k), Vec::with_capacity(k));
+    for (r, h) in data.ratings.iter().zip(held) {
+        if h {
+            validation.push(*r)
+        } else {
+            rest.push(*r)
+        }
+    }
+    let rest = Dataset {
+        users: data.users.clone(),
+        items: data.items.clone(),
+        ratings: rest,
+    };
+    (rest, validation)
+}
+
 /// Trains on `train`, evaluates on `test` (indices from `train`'s id maps).
+/// `track_test` records the test RMSE per epoch (with `Off` only: under early
+/// stopping the per-epoch validation RMSE is the carved validation set's).
 pub fn evaluate_split(
     train_set: &Dataset,
     test: &[Rating],
     hyper: &Hyper,
     track_test: bool,
+    stopping: EvalStopping,
     on_epoch: &mut EpochCallback<'_>,
 ) -> Result<FoldResult, EngineError> {
     let start = Instant::now();
-    let model = train(train_set, hyper, track_test.then_some(test), on_epoch)?;
+    let fraction = match stopping {
+        EvalStopping::Carve(f) | EvalStopping::Refit(f) if hyper.patience > 0 && f > 0.0 => f,
+        _ => 0.0,
+    };
+    let model = if fraction > 0.0 {
+        let (rest, validation) = carve_validation(train_set, fraction, hyper.seed);
+        let model = train(&rest, hyper, Some(&validation), on_epoch)?;
+        match (stopping, model.report.best_epoch) {
+            (EvalStopping::Refit(_), Some(best)) => {
+                let refit = Hyper {
+                    epochs: best,
+                    patience: 0,
+                    ..hyper.clone()
+                };
+                let mut m = train(train_set, &refit, None, on_epoch)?;
+                m.report.best_epoch = Some(best);
+                m.report.stopped_early = model.report.stopped_early;
+                m
+            }
+            _ => model,
+        }
+    } else {
+        // The test ratings may be tracked, never used to stop.
+        let hyper = Hyper {
+            patience: 0,
+            ..hyper.clone()
+        };
+        train(train_set, &hyper, track_test.then_some(test), on_epoch)?
+    };
     let fit_seconds = start.elapsed().as_secs_f64();
     let top = top_n_metrics(&model, &train_set.ratings, test, 10, 4.0);
     Ok(FoldResult {
@@ -138,6 +212,8 @@ pub fn evaluate_split(
         precision_at_10: top.precision,
         recall_at_10: top.recall,
         ndcg_at_10: top.ndcg,
+        best_epoch: model.report.best_epoch,
+        stopped_early: model.report.stopped_early,
         epochs: model.report.epochs.clone(),
     })
 }

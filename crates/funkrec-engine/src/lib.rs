@@ -15,6 +15,6 @@ pub mod train;
 
 pub use data::{Dataset, IdMap, Rating};
 pub use error::EngineError;
-pub use model::{EpochStats, Model, Prediction, TrainReport};
+pub use model::{EpochStats, Model, Params, Prediction, TrainReport};
 pub use params::{Hyper, Scale, TrainerKind};
 pub use train::{train, train_in_place};

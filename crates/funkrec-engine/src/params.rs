@@ -89,6 +89,9 @@ impl Scale {
     }
 }
 
+/// The shipped `patience` (docs/accuracy.md, "Early stopping").
+pub const DEFAULT_PATIENCE: usize = 5;
+
 /// Hyperparameters for all trainers. Defaults were chosen by measurement on the
 /// MovieLens 100K folds u1–u5 (see docs/accuracy.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -119,6 +122,11 @@ pub struct Hyper {
     pub seed: u64,
     /// Worker threads for training (the result does not depend on the count).
     pub threads: usize,
+    /// Early stopping: end the run when the validation RMSE has not improved for
+    /// this many epochs (for `funk`: factors, judged after each factor's last epoch)
+    /// and keep the best epoch's parameters; 0 = off. Needs a validation set
+    /// (otherwise ignored).
+    pub patience: usize,
     pub scale: Scale,
 }
 
@@ -139,6 +147,7 @@ impl Default for Hyper {
             funk_cycles: 1,
             seed: 42,
             threads: 1,
+            patience: DEFAULT_PATIENCE,
             scale: Scale::default(),
         }
     }
@@ -224,6 +233,12 @@ impl Hyper {
             return Err(format!(
                 "funk_cycles must be in 1..=1000, got {}",
                 self.funk_cycles
+            ));
+        }
+        if self.patience > 100_000 {
+            return Err(format!(
+                "patience must be in 0..=100000, got {}",
+                self.patience
             ));
         }
         if self.threads == 0 || self.threads > 1024 {

@@ -580,6 +580,159 @@ fn callback_break_stops_training() {
     assert_eq!(model.report.epochs.len(), 3);
 }
 
+/// Too many factors and no regularisation: the validation RMSE turns up early.
+fn overfitting(trainer: TrainerKind, patience: usize) -> Hyper {
+    let h = planted_hyper(trainer);
+    Hyper {
+        factors: 30,
+        reg: 0.0,
+        patience,
+        epochs: match trainer {
+            TrainerKind::Funk => 8,
+            _ => h.epochs,
+        },
+        funk_cycles: 1,
+        lr: if trainer == TrainerKind::Sgd {
+            0.03
+        } else {
+            h.lr
+        },
+        lr_decay: 1.0,
+        ..h
+    }
+}
+
+#[test]
+fn early_stopping_keeps_the_best_epoch_for_every_trainer() {
+    let data = planted(9);
+    for trainer in [TrainerKind::Sgd, TrainerKind::Gd, TrainerKind::Funk] {
+        let h = overfitting(trainer, 3);
+        let mut calls = 0;
+        let model = train(&data.train, &h, Some(&data.test), &mut |_: &EpochStats| {
+            calls += 1;
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+        let r = &model.report;
+        assert_eq!(
+            calls,
+            r.epochs.len(),
+            "{trainer}: the caller saw every epoch"
+        );
+        let best = r.best_epoch.expect("early stopping was on");
+        let at = r.epochs.iter().position(|e| e.epoch == best).unwrap();
+        let curve: Vec<f64> = r
+            .epochs
+            .iter()
+            .map(|e| e.validation_rmse.unwrap())
+            .collect();
+        // the epochs early stopping judges: every one, or each funk factor's last
+        let judged = |e: usize| trainer != TrainerKind::Funk || e % h.epochs == 0;
+        let min = r
+            .epochs
+            .iter()
+            .filter(|e| judged(e.epoch))
+            .map(|e| e.validation_rmse.unwrap())
+            .fold(f64::INFINITY, f64::min);
+        assert_eq!(
+            curve[at], min,
+            "{trainer}: the best epoch has the lowest RMSE"
+        );
+        assert_eq!(r.kept().unwrap().epoch, best);
+        // the model holds the best epoch's parameters, not the last epoch's
+        let now = eval::rmse(&model, &data.test);
+        assert!((now - min).abs() < 1e-4, "{trainer}: {now} vs best {min}");
+        if r.stopped_early {
+            // funk's patience counts factors: judged after each factor's last epoch
+            let per = if trainer == TrainerKind::Funk {
+                h.epochs
+            } else {
+                1
+            };
+            assert_eq!(
+                r.epochs.len(),
+                at + 1 + 3 * per,
+                "{trainer}: stopped 3 judged epochs after the best"
+            );
+            assert!(r.epochs.len() < h.total_epochs());
+        }
+        if trainer == TrainerKind::Sgd {
+            assert!(r.stopped_early, "sgd overfits this problem: {curve:?}");
+            assert!(*curve.last().unwrap() > min);
+        }
+    }
+}
+
+#[test]
+fn patience_zero_or_no_validation_runs_every_epoch() {
+    let data = planted(9);
+    let h = overfitting(TrainerKind::Sgd, 0);
+    let model = train(&data.train, &h, Some(&data.test), &mut quiet).unwrap();
+    assert_eq!(model.report.epochs.len(), h.epochs);
+    assert_eq!(
+        (model.report.best_epoch, model.report.stopped_early),
+        (None, false)
+    );
+    let h = overfitting(TrainerKind::Sgd, 3);
+    let model = train(&data.train, &h, None, &mut quiet).unwrap();
+    assert_eq!(
+        model.report.epochs.len(),
+        h.epochs,
+        "no validation set: no early stopping"
+    );
+    assert_eq!(model.report.best_epoch, None);
+}
+
+#[test]
+fn eval_never_stops_on_the_test_ratings() {
+    let data = planted(9);
+    let h = overfitting(TrainerKind::Sgd, 3);
+    // Off: patience is ignored even though the test ratings are tracked
+    let off = eval::evaluate_split(
+        &data.train,
+        &data.test,
+        &h,
+        true,
+        eval::EvalStopping::Off,
+        &mut quiet,
+    )
+    .unwrap();
+    assert_eq!(off.epochs.len(), h.epochs);
+    assert_eq!(off.best_epoch, None);
+    // Carve: the validation set is a seeded part of the training split
+    let carve = eval::EvalStopping::Carve(0.1);
+    let a = eval::evaluate_split(&data.train, &data.test, &h, true, carve, &mut quiet).unwrap();
+    let b = eval::evaluate_split(&data.train, &data.test, &h, false, carve, &mut quiet).unwrap();
+    assert!(a.stopped_early && a.epochs.len() < h.epochs);
+    assert_eq!(a.rmse, b.rmse, "tracking the test set changes nothing");
+    assert_eq!(a.best_epoch, b.best_epoch);
+    assert!(
+        a.rmse < off.rmse,
+        "stopping at the best epoch beats overfitting: {} vs {}",
+        a.rmse,
+        off.rmse
+    );
+    let (rest, validation) = eval::carve_validation(&data.train, 0.1, h.seed);
+    assert_eq!(rest.len() + validation.len(), data.train.len());
+    assert!((validation.len() as f64 - 0.1 * data.train.len() as f64).abs() < 1.0);
+    // Refit: the best epoch count, then the whole training split
+    let r = eval::evaluate_split(
+        &data.train,
+        &data.test,
+        &h,
+        false,
+        eval::EvalStopping::Refit(0.1),
+        &mut quiet,
+    )
+    .unwrap();
+    assert_eq!(r.best_epoch, a.best_epoch);
+    assert_eq!(
+        r.epochs.len(),
+        a.best_epoch.unwrap(),
+        "refit runs exactly the best epoch count"
+    );
+}
+
 // ---------------------------------------------------------------- model behaviour
 
 #[test]

@@ -188,11 +188,17 @@ impl PgStore {
     }
 
     pub(crate) async fn insert_model_row(&self, row: &ModelRow) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO model (version, file, trained_at, trainer, n_users, n_items, n_ratings, \
-             n_holdout, train_rmse, holdout_rmse, train_secs) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-        )
+        let mut tx = self.pool.begin().await?;
+        if row.state == super::MODEL_SERVING {
+            sqlx::query("UPDATE model SET state = 'superseded' WHERE state = 'serving'")
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query(&format!(
+            "INSERT INTO model ({}) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+            super::MODEL_COLUMNS
+        ))
         .bind(row.version)
         .bind(&row.file)
         .bind(&row.trained_at)
@@ -204,16 +210,19 @@ impl PgStore {
         .bind(row.train_rmse)
         .bind(row.holdout_rmse)
         .bind(row.train_secs)
-        .execute(&self.pool)
+        .bind(&row.state)
+        .bind(&row.reason)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 
     pub(crate) async fn model_rows(&self) -> Result<Vec<ModelRow>, StoreError> {
-        Ok(sqlx::query_as(
-            "SELECT version, file, trained_at, trainer, n_users, n_items, n_ratings, n_holdout, \
-             train_rmse, holdout_rmse, train_secs FROM model ORDER BY version DESC",
-        )
+        Ok(sqlx::query_as(&format!(
+            "SELECT {} FROM model ORDER BY version DESC",
+            super::MODEL_COLUMNS
+        ))
         .fetch_all(&self.pool)
         .await?)
     }
@@ -242,6 +251,40 @@ impl PgStore {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    pub(crate) async fn serving_version(&self) -> Result<Option<u64>, StoreError> {
+        let v: Option<i64> =
+            sqlx::query_scalar("SELECT version FROM model WHERE state = 'serving'")
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(v.map(|v| v as u64))
+    }
+
+    pub(crate) async fn set_serving(&self, version: u64) -> Result<bool, StoreError> {
+        let version = version.min(i64::MAX as u64) as i64;
+        let mut tx = self.pool.begin().await?;
+        // Row lock: a concurrent set_serving of another version waits for this one.
+        let exists: Option<i64> =
+            sqlx::query_scalar("SELECT version FROM model WHERE version = $1 FOR UPDATE")
+                .bind(version)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if exists.is_none() {
+            return Ok(false);
+        }
+        sqlx::query(
+            "UPDATE model SET state = 'superseded' WHERE state = 'serving' AND version <> $1",
+        )
+        .bind(version)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE model SET state = 'serving', reason = NULL WHERE version = $1")
+            .bind(version)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     pub(crate) async fn bulk_import<I>(

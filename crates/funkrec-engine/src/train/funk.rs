@@ -242,8 +242,15 @@ pub(crate) fn run(
         for e in 0..h.epochs {
             let sse = state.epoch(e, stage);
             let stats = state.stats(sse);
-            if report(model, stats.epoch, Progress::Full(stats)).is_break() {
-                state.write_back(model, stage);
+            // The reporter sees the current parameters (early stopping copies them);
+            // O(users + items), small beside the epoch's O(ratings).
+            state.write_back(model, stage);
+            let progress = if e + 1 == h.epochs {
+                Progress::Full(stats)
+            } else {
+                Progress::Within(stats)
+            };
+            if report(model, stats.epoch, progress).is_break() {
                 return;
             }
         }

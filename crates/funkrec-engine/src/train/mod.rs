@@ -7,7 +7,7 @@ mod svdpp;
 
 use crate::data::{mean_of, Dataset, IdMap, Rating};
 use crate::error::EngineError;
-use crate::model::{EpochStats, Model};
+use crate::model::{EpochStats, Model, Params};
 use crate::params::{Hyper, TrainerKind};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -80,26 +80,28 @@ pub fn train_ratings(
     let start = Instant::now();
     let mut model = init_model_from(users, items, ratings, hyper);
     let mut epochs = Vec::new();
+    let mut stop = EarlyStop::new(hyper.patience, validation.is_some());
     let n_ratings = ratings.len();
     match hyper.trainer {
         TrainerKind::Gd => {
             let ratings: &[Rating] = ratings;
-            let mut report = reporter(Some(ratings), validation, &mut epochs, on_epoch);
+            let mut report = reporter(Some(ratings), validation, &mut epochs, &mut stop, on_epoch);
             gd::run(&mut model, ratings, &mut report);
         }
         TrainerKind::Sgd => {
-            let mut report = reporter(None, validation, &mut epochs, on_epoch);
+            let mut report = reporter(None, validation, &mut epochs, &mut stop, on_epoch);
             sgd::run(&mut model, ratings, validation, &mut report);
         }
         TrainerKind::Funk => {
-            let mut report = reporter(None, validation, &mut epochs, on_epoch);
+            let mut report = reporter(None, validation, &mut epochs, &mut stop, on_epoch);
             funk::run(&mut model, ratings, validation, &mut report);
         }
         TrainerKind::Svdpp => {
-            let mut report = reporter(None, validation, &mut epochs, on_epoch);
+            let mut report = reporter(None, validation, &mut epochs, &mut stop, on_epoch);
             svdpp::run(&mut model, ratings, validation, &mut report);
         }
     }
+    stop.finish(&mut model);
     model.report.epochs = epochs;
     model.report.train_seconds = start.elapsed().as_secs_f64();
     model.report.n_ratings = n_ratings;
@@ -108,12 +110,83 @@ pub fn train_ratings(
 
 type Reporter<'a> = Box<dyn FnMut(&Model, usize, Progress) -> ControlFlow<()> + 'a>;
 
-/// Turns a trainer's [`Progress`] into recorded [`EpochStats`]; `train` is
-/// needed only by trainers that send `Compute` or `Loss`.
+/// An epoch counts towards early stopping's patience unless it lowers the validation
+/// RMSE of the last counted improvement by more than this fraction (the best
+/// parameters are still kept on any improvement).
+pub const MIN_IMPROVEMENT: f64 = 0.0;
+
+/// Early stopping, applied by the reporter to every trainer: tracks the best
+/// validation RMSE, copies the parameters at each new best, stops the run after
+/// `patience` epochs without an improvement (by more than [`MIN_IMPROVEMENT`]), and
+/// puts the best parameters back at the end.
+pub(crate) struct EarlyStop {
+    patience: usize,
+    tolerance: f64,
+    best_rmse: f64,
+    /// The RMSE of the last improvement that reset the patience count.
+    reference: f64,
+    best_epoch: Option<usize>,
+    since_best: usize,
+    best: Option<Params>,
+    stopped: bool,
+}
+
+impl EarlyStop {
+    /// Off when `patience` is 0 or there is no validation set.
+    pub(crate) fn new(patience: usize, has_validation: bool) -> Self {
+        EarlyStop {
+            patience: if has_validation { patience } else { 0 },
+            tolerance: MIN_IMPROVEMENT,
+            best_rmse: f64::INFINITY,
+            reference: f64::INFINITY,
+            best_epoch: None,
+            since_best: 0,
+            best: None,
+            stopped: false,
+        }
+    }
+
+    /// Looks at one epoch; `Break` when the run should stop.
+    pub(crate) fn observe(&mut self, model: &Model, stats: &EpochStats) -> ControlFlow<()> {
+        let Some(v) = stats.validation_rmse.filter(|_| self.patience > 0) else {
+            return ControlFlow::Continue(());
+        };
+        if v < self.best_rmse {
+            self.best_rmse = v;
+            self.best_epoch = Some(stats.epoch);
+            model.snapshot_params(&mut self.best);
+        }
+        if v < self.reference * (1.0 - self.tolerance) {
+            self.reference = v;
+            self.since_best = 0;
+            return ControlFlow::Continue(());
+        }
+        self.since_best += 1;
+        if self.since_best >= self.patience {
+            self.stopped = true;
+            return ControlFlow::Break(());
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// Puts the best epoch's parameters into `model` and records it in the report.
+    pub(crate) fn finish(self, model: &mut Model) {
+        if let (Some(epoch), Some(best)) = (self.best_epoch, self.best) {
+            model.restore_params(best);
+            model.report.best_epoch = Some(epoch);
+            model.report.stopped_early = self.stopped;
+        }
+    }
+}
+
+/// Turns a trainer's [`Progress`] into recorded [`EpochStats`] (`train` is
+/// needed only by trainers that send `Loss`), applies early stopping, and
+/// passes the epoch on to the caller's callback.
 fn reporter<'a, 'c: 'a>(
     train: Option<&'a [Rating]>,
     validation: Option<&'a [Rating]>,
     epochs: &'a mut Vec<EpochStats>,
+    stop: &'a mut EarlyStop,
     on_epoch: &'a mut EpochCallback<'c>,
 ) -> Reporter<'a> {
     Box::new(move |model: &Model, epoch: usize, progress: Progress| {
@@ -121,15 +194,29 @@ fn reporter<'a, 'c: 'a>(
             let train = train.expect("this trainer reports full statistics");
             epoch_stats(model, train, validation, epoch)
         };
-        let stats = match progress {
-            Progress::Loss(loss) => EpochStats {
-                loss,
-                ..full(model)
-            },
-            Progress::Full(stats) => stats,
+        let (stats, judged) = match progress {
+            Progress::Loss(loss) => (
+                EpochStats {
+                    loss,
+                    ..full(model)
+                },
+                true,
+            ),
+            Progress::Full(stats) => (stats, true),
+            Progress::Within(stats) => (stats, false),
         };
         epochs.push(stats);
-        on_epoch(&stats)
+        let early = if judged {
+            stop.observe(model, &stats)
+        } else {
+            ControlFlow::Continue(())
+        };
+        let caller = on_epoch(&stats);
+        if early.is_break() {
+            early
+        } else {
+            caller
+        }
     })
 }
 
@@ -139,6 +226,9 @@ pub(crate) enum Progress {
     Loss(f64),
     /// The trainer computed everything (from its caches).
     Full(EpochStats),
+    /// As `Full`, for an epoch inside a stage that early stopping does not judge
+    /// (`funk`: every epoch of a factor but its last, so patience counts factors).
+    Within(EpochStats),
 }
 
 /// Zero biases, μ from the data (if biased), N(0, init_std²) factors, item popularity.
