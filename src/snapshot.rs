@@ -45,6 +45,30 @@ impl Snapshot {
         self.model.report.last().map(|e| e.train_rmse)
     }
 
+    /// A snapshot of a stored model (a file, or bytes from the database), described by
+    /// its `model` row when there is one (`trained_at` is asked otherwise). Its rated
+    /// index is not built yet (see [`index_rated`]).
+    pub fn loaded(
+        version: u64,
+        model: Model,
+        row: Option<&ModelRow>,
+        trained_at: impl FnOnce() -> String,
+    ) -> Snapshot {
+        Snapshot {
+            version,
+            trained_at: row.map(|r| r.trained_at.clone()).unwrap_or_else(trained_at),
+            holdout_rmse: row.and_then(|r| r.holdout_rmse),
+            n_holdout: row.map(|r| r.n_holdout as usize).unwrap_or(0),
+            n_ratings_total: row
+                .map(|r| r.n_ratings as u64)
+                .unwrap_or(model.report.n_ratings as u64),
+            index: ItemIndex::new(&model),
+            model,
+            rated: OnceLock::new(),
+            folded: Default::default(),
+        }
+    }
+
     /// The `model` table row describing this snapshot.
     pub fn row(&self) -> ModelRow {
         ModelRow {
@@ -151,27 +175,14 @@ pub async fn load_newest(store: &Store, dir: &Path) -> anyhow::Result<(Option<Sn
         let loaded = tokio::task::spawn_blocking(move || funkrec_engine::persist::load(&p)).await?;
         match loaded {
             Ok(model) => {
-                let row = rows.get(&version);
-                let trained_at = row.map(|r| r.trained_at.clone()).unwrap_or_else(|| {
+                let trained_at = || {
                     std::fs::metadata(&path)
                         .and_then(|m| m.modified())
                         .map(|t| rfc3339(time::OffsetDateTime::from(t)))
                         .unwrap_or_default()
-                });
-                tracing::info!(version, path = %path.display(), "loaded model snapshot");
-                let snapshot = Snapshot {
-                    version,
-                    trained_at,
-                    holdout_rmse: row.and_then(|r| r.holdout_rmse),
-                    n_holdout: row.map(|r| r.n_holdout as usize).unwrap_or(0),
-                    n_ratings_total: row
-                        .map(|r| r.n_ratings as u64)
-                        .unwrap_or(model.report.n_ratings as u64),
-                    index: ItemIndex::new(&model),
-                    model,
-                    rated: OnceLock::new(),
-                    folded: Default::default(),
                 };
+                tracing::info!(version, path = %path.display(), "loaded model snapshot");
+                let snapshot = Snapshot::loaded(version, model, rows.get(&version), trained_at);
                 return Ok((Some(snapshot), max_seen));
             }
             Err(e) => {

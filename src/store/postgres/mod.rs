@@ -1,6 +1,7 @@
 //! The PostgreSQL backend: connection pool, migrations from `migrations/postgres` and the read queries (writer, scan and import in submodules).
 
 mod bulk;
+pub(crate) mod cluster;
 mod scan;
 pub(super) mod writer;
 
@@ -188,25 +189,7 @@ impl PgStore {
     }
 
     pub(crate) async fn insert_model_row(&self, row: &ModelRow) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO model (version, file, trained_at, trainer, n_users, n_items, n_ratings, \
-             n_holdout, train_rmse, holdout_rmse, train_secs) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-        )
-        .bind(row.version)
-        .bind(&row.file)
-        .bind(&row.trained_at)
-        .bind(&row.trainer)
-        .bind(row.n_users)
-        .bind(row.n_items)
-        .bind(row.n_ratings)
-        .bind(row.n_holdout)
-        .bind(row.train_rmse)
-        .bind(row.holdout_rmse)
-        .bind(row.train_secs)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        cluster::insert_model_row(&self.pool, row).await
     }
 
     pub(crate) async fn model_rows(&self) -> Result<Vec<ModelRow>, StoreError> {
