@@ -36,6 +36,9 @@ impl Application {
         let serving = Arc::new(Serving::new());
         let recent = Arc::new(RecentWrites::new());
         let cluster = Cluster::for_settings(&settings);
+        // (on PostgreSQL too: the trainer writes its model files there first)
+        std::fs::create_dir_all(settings.models_dir())
+            .with_context(|| format!("creating {}", settings.models_dir().display()))?;
         let (snap, last_version) = crate::cluster::initial_snapshot(&store, &settings, &cluster)
             .await
             .context("loading model snapshots")?;

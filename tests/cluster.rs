@@ -143,7 +143,8 @@ async fn metrics(c: &reqwest::Client, p: &Proc) -> String {
 }
 
 async fn holds_lock(c: &reqwest::Client, p: &Proc) -> bool {
-    get_json(c, p, "/readyz").await.1["trainer_lock"] == json!(true)
+    let (s, v) = get_json(c, p, "/readyz").await;
+    s == 200 && v["trainer_lock"] == json!(true)
 }
 
 async fn served_version(c: &reqwest::Client, p: &Proc) -> Option<u64> {
