@@ -20,6 +20,7 @@ pub struct Settings {
     pub model: Hyper,
     pub log: LogSettings,
     pub auth: AuthSettings,
+    pub cluster: ClusterSettings,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -90,6 +91,40 @@ pub struct TrainingSettings {
     /// The publish gate: a new model whose holdout RMSE is worse than the serving
     /// model's on the same holdout by more than this fraction is rejected.
     pub max_regression: f64,
+}
+
+/// What this process does when several share one PostgreSQL database (`[cluster]`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSettings {
+    pub role: ClusterRole,
+    /// Seconds between two checks of the serving model version (besides `LISTEN`).
+    pub poll_secs: u64,
+}
+
+/// `cluster.role`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, strum::Display)]
+#[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
+pub enum ClusterRole {
+    /// Serves the API and trains (the single-process default).
+    All,
+    /// Serves the API, never trains.
+    Api,
+    /// Trains when elected; serves `/healthz`, `/readyz` and `/metrics` only.
+    Trainer,
+}
+
+impl ClusterRole {
+    /// Serves the `/v1` API, the dashboard and the OpenAPI document.
+    pub fn serves_api(self) -> bool {
+        self != ClusterRole::Trainer
+    }
+
+    /// May train (on PostgreSQL: when it holds the trainer lock).
+    pub fn trains(self) -> bool {
+        self != ClusterRole::Api
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -226,6 +261,17 @@ impl Settings {
         if self.storage.max_connections == 0 || self.storage.keep_snapshots == 0 {
             bail!("storage: max_connections and keep_snapshots must be > 0");
         }
+        if self.cluster.poll_secs == 0 {
+            bail!("cluster: poll_secs must be > 0");
+        }
+        if self.cluster.role != ClusterRole::All && !self.is_postgres() {
+            bail!(
+                "cluster.role = {} needs a PostgreSQL database shared by the processes \
+                 (storage.database_url = postgres://USER@HOST:PORT/DB); an SQLite store \
+                 belongs to one process, which runs with role `all`",
+                self.cluster.role
+            );
+        }
         Ok(())
     }
 
@@ -239,6 +285,12 @@ impl Settings {
         } else {
             self.storage.database_url.clone()
         }
+    }
+
+    /// True when `storage.database_url` names a PostgreSQL database.
+    pub fn is_postgres(&self) -> bool {
+        let url = self.storage.database_url.trim_start();
+        url.starts_with("postgres://") || url.starts_with("postgresql://")
     }
 
     /// Where snapshot files live.
@@ -373,6 +425,35 @@ mod tests {
         std::fs::write(&f, "[model]\ntrainer = \"svdpp\"\n").unwrap();
         let s = Settings::load_from(Some(&f), env(&[])).unwrap();
         assert_eq!(s.model.trainer, funkrec_engine::TrainerKind::Svdpp);
+    }
+
+    #[test]
+    fn cluster_roles_need_postgres() {
+        let s = Settings::default();
+        assert_eq!(
+            (s.cluster.role, s.cluster.poll_secs),
+            (ClusterRole::All, 10)
+        );
+        let e = Settings::load_from(None, env(&[("FUNKREC__CLUSTER__ROLE", "api")])).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("needs a PostgreSQL database"),
+            "{e:#}"
+        );
+        assert!(Settings::load_from(None, env(&[("FUNKREC__CLUSTER__ROLE", "trainer")])).is_err());
+        assert!(Settings::load_from(None, env(&[("FUNKREC__CLUSTER__ROLE", "boss")])).is_err());
+        let s = Settings::load_from(
+            None,
+            env(&[
+                ("FUNKREC__CLUSTER__ROLE", "trainer"),
+                (
+                    "FUNKREC__STORAGE__DATABASE_URL",
+                    "postgres://u@127.0.0.1/db",
+                ),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.cluster.role, ClusterRole::Trainer);
+        assert!(!s.cluster.role.serves_api() && s.cluster.role.trains());
     }
 
     #[test]

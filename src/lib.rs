@@ -1,6 +1,7 @@
 //! funkrec: Funk-SVD matrix factorisation learned by gradient descent, served over HTTP.
 #![deny(unsafe_op_in_unsafe_fn)]
 pub mod auth;
+pub mod cluster;
 pub mod commands;
 pub mod config;
 pub mod domain;

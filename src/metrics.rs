@@ -33,6 +33,10 @@ pub struct Metrics {
     training_failures: IntCounter,
     models_rejected: IntCounter,
     pending_changes: IntGauge,
+    cluster_role: prometheus::IntGaugeVec,
+    cluster_leader: IntGauge,
+    checksum_failures: IntCounter,
+    models_loaded: IntCounter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -105,6 +109,26 @@ impl Metrics {
                 "funkrec_training_pending_changes",
                 "Ratings written or deleted since the last run started",
             ),
+            cluster_role: prometheus::IntGaugeVec::new(
+                Opts::new(
+                    "funkrec_cluster_role",
+                    "1 for this process's cluster.role (all, api or trainer)",
+                ),
+                &["role"],
+            )
+            .expect("valid metric"),
+            cluster_leader: int_gauge(
+                "funkrec_cluster_trainer_lock",
+                "1 while this process trains (holds the trainer lock on PostgreSQL)",
+            ),
+            checksum_failures: counter(
+                "funkrec_model_checksum_failures_total",
+                "Models from the database skipped because they failed their checksum or did not decode",
+            ),
+            models_loaded: counter(
+                "funkrec_model_loads_total",
+                "Models loaded from the database and served",
+            ),
         };
         let r = &m.registry;
         let all: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -120,6 +144,10 @@ impl Metrics {
             Box::new(m.training_failures.clone()),
             Box::new(m.models_rejected.clone()),
             Box::new(m.pending_changes.clone()),
+            Box::new(m.cluster_role.clone()),
+            Box::new(m.cluster_leader.clone()),
+            Box::new(m.checksum_failures.clone()),
+            Box::new(m.models_loaded.clone()),
         ];
         for c in all {
             r.register(c).expect("metric names are unique");
@@ -160,6 +188,24 @@ impl Metrics {
             .inc_by(job.failures.saturating_sub(self.training_failures.get()));
         self.models_rejected
             .inc_by(job.rejected.saturating_sub(self.models_rejected.get()));
+    }
+
+    /// Refreshes the cluster figures from this process's [`Cluster`](crate::cluster::Cluster).
+    pub fn update_cluster(&self, cluster: &crate::cluster::Cluster) {
+        self.cluster_role
+            .with_label_values(&[cluster.role().to_string().as_str()])
+            .set(1);
+        self.cluster_leader.set(i64::from(cluster.is_leader()));
+        self.checksum_failures.inc_by(
+            cluster
+                .checksum_failures()
+                .saturating_sub(self.checksum_failures.get()),
+        );
+        self.models_loaded.inc_by(
+            cluster
+                .models_loaded()
+                .saturating_sub(self.models_loaded.get()),
+        );
     }
 
     /// The text exposition of every metric.
@@ -212,5 +258,17 @@ mod tests {
         assert!(text.contains("funkrec_training_last_duration_seconds 1.5\n"));
         assert!(text.contains("funkrec_model_version 0\n"));
         assert!(text.contains("funkrec_model_holdout_rmse NaN\n"));
+        let cluster = crate::cluster::Cluster::new(crate::config::ClusterRole::All, false);
+        m.update_cluster(&cluster);
+        let text = m.render();
+        assert!(
+            text.contains("funkrec_cluster_role{role=\"all\"} 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("funkrec_cluster_trainer_lock 1\n"), "{text}");
+        assert!(
+            text.contains("funkrec_model_checksum_failures_total 0\n"),
+            "{text}"
+        );
     }
 }

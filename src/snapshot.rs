@@ -46,6 +46,30 @@ impl Snapshot {
         self.model.report.kept().map(|e| e.train_rmse)
     }
 
+    /// A snapshot of a stored model (a file, or bytes from the database), described by
+    /// its `model` row when there is one (`trained_at` is asked otherwise). Its rated
+    /// index is not built yet (see [`index_rated`]).
+    pub fn loaded(
+        version: u64,
+        model: Model,
+        row: Option<&ModelRow>,
+        trained_at: impl FnOnce() -> String,
+    ) -> Snapshot {
+        Snapshot {
+            version,
+            trained_at: row.map(|r| r.trained_at.clone()).unwrap_or_else(trained_at),
+            holdout_rmse: row.and_then(|r| r.holdout_rmse),
+            n_holdout: row.map(|r| r.n_holdout as usize).unwrap_or(0),
+            n_ratings_total: row
+                .map(|r| r.n_ratings as u64)
+                .unwrap_or(model.report.n_ratings as u64),
+            index: ItemIndex::new(&model),
+            model,
+            rated: OnceLock::new(),
+            folded: Default::default(),
+        }
+    }
+
     /// The `model` table row describing this snapshot.
     pub fn row(&self) -> ModelRow {
         ModelRow {
@@ -196,37 +220,26 @@ pub async fn load_version(
         )));
     }
     let p = path.clone();
+    let row = row.cloned();
     let loaded = tokio::task::spawn_blocking(move || {
         funkrec_engine::persist::load(&p).map(|model| {
-            let index = ItemIndex::new(&model);
-            (model, index)
+            let trained_at = || {
+                std::fs::metadata(&p)
+                    .and_then(|m| m.modified())
+                    .map(|t| rfc3339(time::OffsetDateTime::from(t)))
+                    .unwrap_or_default()
+            };
+            Snapshot::loaded(version, model, row.as_ref(), trained_at)
         })
     })
     .await?;
-    let (model, index) = match loaded {
-        Ok(m) => m,
-        Err(e) => return Ok(Err(format!("{}: {e}", path.display()))),
-    };
-    let trained_at = row.map(|r| r.trained_at.clone()).unwrap_or_else(|| {
-        std::fs::metadata(&path)
-            .and_then(|m| m.modified())
-            .map(|t| rfc3339(time::OffsetDateTime::from(t)))
-            .unwrap_or_default()
-    });
-    tracing::info!(version, path = %path.display(), "loaded model snapshot");
-    Ok(Ok(Snapshot {
-        version,
-        trained_at,
-        holdout_rmse: row.and_then(|r| r.holdout_rmse),
-        n_holdout: row.map(|r| r.n_holdout as usize).unwrap_or(0),
-        n_ratings_total: row
-            .map(|r| r.n_ratings as u64)
-            .unwrap_or(model.report.n_ratings as u64),
-        index,
-        model,
-        rated: OnceLock::new(),
-        folded: Default::default(),
-    }))
+    match loaded {
+        Ok(snapshot) => {
+            tracing::info!(version, path = %path.display(), "loaded model snapshot");
+            Ok(Ok(snapshot))
+        }
+        Err(e) => Ok(Err(format!("{}: {e}", path.display()))),
+    }
 }
 
 /// Serves a snapshot loaded from its file (at start, or by a rollback) and builds its

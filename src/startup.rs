@@ -1,5 +1,6 @@
 //! Application assembly: store, snapshot, worker and HTTP server, run until a shutdown signal.
 
+use crate::cluster::{Cluster, ClusterTasks};
 use crate::config::Settings;
 use crate::fdlimit;
 use crate::http::{self, AppState};
@@ -22,6 +23,7 @@ pub struct Application {
     state: AppState,
     worker_task: WorkerTask,
     writer_task: WriterTask,
+    cluster_tasks: ClusterTasks,
 }
 
 impl Application {
@@ -33,7 +35,11 @@ impl Application {
         let store = Store::connect(&settings).await?;
         let serving = Arc::new(Serving::new());
         let recent = Arc::new(RecentWrites::new());
-        let (snap, last_version) = snapshot::load_newest(&store, &settings.models_dir())
+        let cluster = Cluster::for_settings(&settings);
+        // (on PostgreSQL too: the trainer writes its model files there first)
+        std::fs::create_dir_all(settings.models_dir())
+            .with_context(|| format!("creating {}", settings.models_dir().display()))?;
+        let (snap, last_version) = crate::cluster::initial_snapshot(&store, &settings, &cluster)
             .await
             .context("loading model snapshots")?;
         match snap {
@@ -62,8 +68,21 @@ impl Application {
             serving.clone(),
             recent.clone(),
             last_version,
+            cluster.clone(),
         )
         .await;
+        let cluster_tasks = ClusterTasks::start(
+            cluster.clone(),
+            store.clone(),
+            serving.clone(),
+            recent.clone(),
+            Duration::from_secs(settings.cluster.poll_secs),
+        );
+        tracing::info!(
+            role = %settings.cluster.role,
+            backend = store.backend_name(),
+            "cluster role"
+        );
         let state = AppState {
             settings,
             store,
@@ -74,6 +93,7 @@ impl Application {
             worker,
             worker_loop: worker_task.abort_handle(),
             metrics: Arc::new(Metrics::new()),
+            cluster,
         };
         Ok(Application {
             listener,
@@ -81,6 +101,7 @@ impl Application {
             state,
             worker_task,
             writer_task,
+            cluster_tasks,
         })
     }
 
@@ -134,6 +155,8 @@ impl Application {
         self.writer_task.finish().await;
         tracing::info!("server stopped; stopping the training worker");
         self.worker_task.shutdown().await;
+        // after the worker: leadership ends (the lock is released) once no run is left
+        self.cluster_tasks.shutdown().await;
         store.close().await;
         Ok(())
     }

@@ -11,8 +11,8 @@ use funkrec::config::Settings;
 use funkrec::domain::{ItemId, NewRating, RatingValue, UserId};
 use funkrec::rated::RecentWrites;
 use funkrec::store::{
-    ImportRow, ModelRow, Store, StoreError, Writer, WriterTask, MODEL_REJECTED, MODEL_SERVING,
-    MODEL_SUPERSEDED,
+    ClusterCounters, FetchError, ImportRow, ModelRow, Store, StoreError, Writer, WriterTask,
+    CHUNK_BYTES, MODEL_REJECTED, MODEL_SERVING, MODEL_SUPERSEDED, TRAIN_CHANNEL,
 };
 use funkrec_engine::Scale;
 use sqlx::Connection;
@@ -511,6 +511,126 @@ async fn model_states(db: &TestDb) {
     let again = Store::connect(&db.settings).await.unwrap();
     assert_eq!(again.serving_version().await.unwrap(), Some(1));
     again.close().await;
+}
+
+contract!(published_models);
+async fn published_models(db: &TestDb) {
+    let store = &db.store;
+    assert_eq!(store.serving_version().await.unwrap(), None);
+    let row = |version: i64| ModelRow {
+        version,
+        file: format!("model-{version}.fkm"),
+        trained_at: "2026-11-30T05:00:00Z".into(),
+        trainer: "sgd".into(),
+        n_users: 10,
+        n_items: 20,
+        n_ratings: 300,
+        n_holdout: 0,
+        train_rmse: Some(0.75),
+        holdout_rmse: None,
+        train_secs: 1.5,
+        state: MODEL_SERVING.into(),
+        reason: None,
+    };
+    // two and a half chunks of bytes that are not all alike
+    let bytes: Vec<u8> = (0..CHUNK_BYTES * 5 / 2)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let file = db._dir.path().join("model.fkm");
+    std::fs::write(&file, &bytes).unwrap();
+    store.publish_model(&row(3), &file).await.unwrap();
+    store.publish_model(&row(4), &file).await.unwrap();
+    let superseded = ModelRow {
+        state: MODEL_SUPERSEDED.into(),
+        ..row(3)
+    };
+    assert_eq!(store.model_rows().await.unwrap(), vec![row(4), superseded]);
+    assert_eq!(store.serving_version().await.unwrap(), Some(4));
+    // a version published twice is refused and stores nothing more
+    assert!(store.publish_model(&row(4), &file).await.is_err());
+    match db.backend {
+        Backend::Sqlite => {
+            // the files are the models: nothing is stored in the database
+            assert!(matches!(
+                store.fetch_model(4).await,
+                Err(FetchError::Missing(4))
+            ));
+        }
+        Backend::Postgres => {
+            assert!(store.fetch_model(4).await.unwrap() == bytes);
+            assert!(matches!(
+                store.fetch_model(9).await,
+                Err(FetchError::Missing(9))
+            ));
+            // one flipped byte, a lost chunk: both refused by the checksum
+            db.execute(
+                "UPDATE model_chunk SET data = set_byte(data, 7, get_byte(data, 7) # 1) \
+                 WHERE version = 4 AND chunk = 1",
+            )
+            .await;
+            let e = store.fetch_model(4).await.unwrap_err();
+            assert!(matches!(e, FetchError::Corrupt { version: 4, .. }), "{e}");
+            assert!(e.to_string().contains("SHA-256"), "{e}");
+            db.execute("DELETE FROM model_chunk WHERE version = 3 AND chunk = 2")
+                .await;
+            let e = store.fetch_model(3).await.unwrap_err();
+            assert!(matches!(e, FetchError::Corrupt { version: 3, .. }), "{e}");
+        }
+    }
+}
+
+contract!(shared_counters);
+async fn shared_counters(db: &TestDb) {
+    let store = &db.store;
+    if db.backend == Backend::Sqlite {
+        // one process owns an SQLite store: nothing is shared
+        assert!(store.cluster_counters().await.is_err());
+        assert!(store.request_train().await.is_err());
+        return;
+    }
+    let mut train = store.listen(&[TRAIN_CHANNEL]).await.unwrap();
+    assert_eq!(
+        store.cluster_counters().await.unwrap(),
+        ClusterCounters::default()
+    );
+    let (w, task) = db.writer();
+    w.upsert(vec![rating("u1", "a", 4.0, 1), rating("u1", "b", 3.0, 2)])
+        .await
+        .unwrap();
+    w.upsert(vec![rating("u1", "a", 5.0, 3)]).await.unwrap();
+    assert!(w.delete(uid("u1"), iid("b")).await.unwrap());
+    assert!(
+        !w.delete(uid("u1"), iid("b")).await.unwrap(),
+        "nothing to delete"
+    );
+    task.finish().await;
+    let c = store.cluster_counters().await.unwrap();
+    assert_eq!((c.changes, c.pending(), c.requested()), (4, 4, false));
+    store.request_train().await.unwrap();
+    let (channel, _) = tokio::time::timeout(std::time::Duration::from_secs(5), train.recv())
+        .await
+        .expect("a train notification")
+        .unwrap();
+    assert_eq!(channel, TRAIN_CHANNEL);
+    let at_start = store.cluster_counters().await.unwrap();
+    assert!(at_start.requested() && at_start.secs_since_run.is_none());
+    // a run that started from `at_start` covers it; a change after it stays pending
+    let (w, task) = db.writer();
+    w.upsert(vec![rating("u2", "a", 1.0, 4)]).await.unwrap();
+    task.finish().await;
+    store.consume_counters(&at_start).await.unwrap();
+    let c = store.cluster_counters().await.unwrap();
+    assert_eq!((c.pending(), c.requested()), (1, false));
+    assert!(c.secs_since_run.is_some_and(|s| (0.0..60.0).contains(&s)));
+    // an import counts as changes too
+    store
+        .bulk_import(
+            vec![import_row("u3", "a", 2.0, 5), import_row("u3", "b", 2.0, 6)].into_iter(),
+            &mut |_| {},
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.cluster_counters().await.unwrap().pending(), 3);
 }
 
 fn import_row(user: &str, item: &str, rating: f32, timestamp: i64) -> anyhow::Result<ImportRow> {

@@ -52,6 +52,11 @@ pub struct Ready {
     pub model_loaded: bool,
     /// Version of the served snapshot.
     pub model_version: Option<u64>,
+    /// `cluster.role`: `all`, `api` or `trainer`.
+    pub role: String,
+    /// This process trains now: it holds the trainer lock on PostgreSQL (on SQLite
+    /// the one process with role `all` always does).
+    pub trainer_lock: bool,
 }
 
 /// What `/readyz` found; [`Probe::verdict`] turns it into the answer.
@@ -66,6 +71,8 @@ struct Probe {
     /// Free bytes in the data directory (or why they could not be read).
     disk_free: Result<u64, String>,
     min_free_bytes: u64,
+    role: String,
+    leader: bool,
 }
 
 /// How long a failed write (with no successful one after it) keeps `/readyz` failing: long
@@ -125,6 +132,8 @@ impl Probe {
                 disk_free_bytes: *self.disk_free.as_ref().unwrap_or(&0),
                 model_loaded: self.model_version.is_some(),
                 model_version: self.model_version,
+                role: self.role,
+                trainer_lock: self.leader,
             }),
             _ => Err(ApiError::NotReady {
                 failed: failed.join(", "),
@@ -182,6 +191,8 @@ pub async fn readyz(State(st): State<AppState>) -> Result<Json<Ready>, ApiError>
         write_failure: health.failing().map(|(e, age)| (e.to_owned(), age)),
         disk_free: fs4::available_space(&st.settings.storage.data_dir).map_err(|e| e.to_string()),
         min_free_bytes: st.settings.storage.min_free_bytes,
+        role: st.cluster.role().to_string(),
+        leader: st.cluster.is_leader(),
     };
     probe.verdict().map(Json)
 }
@@ -200,6 +211,8 @@ mod tests {
             write_failure: None,
             disk_free: Ok(1 << 30),
             min_free_bytes: 1 << 20,
+            role: "api".into(),
+            leader: false,
         }
     }
 
@@ -240,6 +253,7 @@ mod tests {
         let r = healthy().verdict().unwrap();
         assert_eq!(r.database_latency_ms, 1.5);
         assert_eq!((r.model_loaded, r.model_version), (true, Some(4)));
+        assert_eq!((r.role.as_str(), r.trainer_lock), ("api", false));
         let r = Probe {
             model_version: None,
             ..healthy()

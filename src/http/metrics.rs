@@ -32,6 +32,7 @@ pub async fn metrics(State(st): State<AppState>) -> Response {
     };
     st.metrics
         .update_state(st.serving.get().as_deref(), &st.worker.status(), ratings);
+    st.metrics.update_cluster(&st.cluster);
     ([(header::CONTENT_TYPE, CONTENT_TYPE)], st.metrics.render()).into_response()
 }
 

@@ -57,6 +57,8 @@ pub struct AppState {
     /// The training worker's loop, for `/readyz` (only `is_finished` is used).
     pub worker_loop: tokio::task::AbortHandle,
     pub metrics: Arc<Metrics>,
+    /// This process's role and leadership (several processes on PostgreSQL).
+    pub cluster: Arc<crate::cluster::Cluster>,
 }
 
 impl AppState {
@@ -156,11 +158,16 @@ pub fn router(state: AppState) -> Router {
         StatusCode::SERVICE_UNAVAILABLE,
         timeout,
     ));
-    Router::new()
-        .merge(ops)
-        .merge(api)
-        .merge(dashboard::routes())
-        .route("/openapi.json", openapi::route(&state.settings))
+    // a `trainer` process serves the probes and metrics only
+    let serves_api = state.settings.cluster.role.serves_api();
+    let mut routes = Router::new().merge(ops);
+    if serves_api {
+        routes = routes
+            .merge(api)
+            .merge(dashboard::routes())
+            .route("/openapi.json", openapi::route(&state.settings));
+    }
+    routes
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))

@@ -136,14 +136,16 @@ pub async fn get_model(State(st): State<AppState>) -> Json<ModelInfo> {
     tag = "model",
     operation_id = "train",
     responses(
-        (status = 202, description = "A run is queued (coalesced with an already queued one)", body = TrainAccepted),
+        (status = 202, description = "A run is queued (coalesced with an already queued one); on PostgreSQL the request is recorded in the database for the elected trainer", body = TrainAccepted),
         (status = 500, description = "`internal`", body = ErrorBody),
-        (status = 503, description = "`timeout`", body = ErrorBody),
+        (status = 503, description = "`unavailable` (the database could not record the request) or `timeout`", body = ErrorBody),
     )
 )]
-pub async fn train(State(st): State<AppState>) -> (StatusCode, Json<TrainAccepted>) {
-    let job = st.worker.request();
-    (StatusCode::ACCEPTED, Json(TrainAccepted { job }))
+pub async fn train(
+    State(st): State<AppState>,
+) -> Result<(StatusCode, Json<TrainAccepted>), crate::http::error::ApiError> {
+    let job = st.worker.request_anywhere().await?;
+    Ok((StatusCode::ACCEPTED, Json(TrainAccepted { job })))
 }
 
 /// The state of a model version.

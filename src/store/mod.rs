@@ -19,6 +19,9 @@ mod writer;
 
 pub use bulk::{ImportRow, ImportStats};
 pub use error::StoreError;
+pub use postgres::cluster::{
+    ClusterCounters, FetchError, TrainerLock, CHUNK_BYTES, MODEL_CHANNEL, TRAIN_CHANNEL,
+};
 pub use writer::{Writer, WriterTask};
 
 use crate::config::Settings;
@@ -515,6 +518,91 @@ impl Store {
         span.record("new_users", stats.new_users);
         span.record("new_items", stats.new_items);
         Ok(stats)
+    }
+}
+
+/// Notifications on the channels a [`Store::listen`] subscribed to (PostgreSQL).
+pub struct Notifications(sqlx::postgres::PgListener);
+
+impl Notifications {
+    /// The next notification's (channel, payload). After a lost connection the
+    /// listener reconnects (and listens again) on the next call; notifications sent
+    /// meanwhile are lost, which is why every listener also polls.
+    pub async fn recv(&mut self) -> Result<(String, String), StoreError> {
+        let n = self.0.recv().await?;
+        Ok((n.channel().to_owned(), n.payload().to_owned()))
+    }
+}
+
+/// Several processes on one database (PostgreSQL; see `postgres/cluster.rs`).
+impl Store {
+    /// The PostgreSQL store, or an error naming `what` for SQLite.
+    fn postgres(&self, what: &str) -> Result<&postgres::PgStore, StoreError> {
+        match &self.backend {
+            Backend::Postgres(pg) => Ok(pg),
+            Backend::Sqlite(_) => Err(StoreError::Internal(format!(
+                "{what} needs PostgreSQL (one process owns an SQLite store)"
+            ))),
+        }
+    }
+
+    /// Records a published model: on PostgreSQL its `model` row, its file (read in
+    /// chunks) and checksum in one transaction that notifies the replicas; on SQLite
+    /// the row alone (the file stays the only copy).
+    #[tracing::instrument(skip_all, fields(version = row.version))]
+    pub async fn publish_model(
+        &self,
+        row: &ModelRow,
+        file: &std::path::Path,
+    ) -> anyhow::Result<()> {
+        match &self.backend {
+            Backend::Postgres(pg) => pg.publish_model(row, file).await,
+            Backend::Sqlite(_) => Ok(self.insert_model_row(row).await?),
+        }
+    }
+
+    /// A stored model's file bytes, checked against its length and SHA-256. SQLite
+    /// stores no model bytes (its files are the models): always `Missing` there.
+    #[tracing::instrument(skip_all, fields(version = version))]
+    pub async fn fetch_model(&self, version: u64) -> Result<Vec<u8>, FetchError> {
+        match &self.backend {
+            Backend::Postgres(pg) => pg.fetch_model(version).await,
+            Backend::Sqlite(_) => Err(FetchError::Missing(version)),
+        }
+    }
+
+    /// Records a train request in the database and notifies the trainer (PostgreSQL).
+    pub async fn request_train(&self) -> Result<(), StoreError> {
+        self.postgres("a shared train request")?
+            .request_train()
+            .await
+    }
+
+    /// The shared retrain counters (PostgreSQL).
+    pub async fn cluster_counters(&self) -> Result<ClusterCounters, StoreError> {
+        self.postgres("the shared retrain counters")?
+            .cluster_counters()
+            .await
+    }
+
+    /// Marks the counters read when a run started as covered by it (PostgreSQL).
+    pub async fn consume_counters(&self, at_start: &ClusterCounters) -> Result<(), StoreError> {
+        self.postgres("the shared retrain counters")?
+            .consume(at_start)
+            .await
+    }
+
+    /// Listens on `channels` on a connection of its own (PostgreSQL).
+    pub async fn listen(&self, channels: &[&str]) -> Result<Notifications, StoreError> {
+        let l = self.postgres("LISTEN")?.listen(channels).await?;
+        Ok(Notifications(l))
+    }
+
+    /// A dedicated connection for the trainer election (PostgreSQL).
+    pub async fn trainer_lock(&self) -> Result<TrainerLock, StoreError> {
+        self.postgres("the trainer election")?
+            .lock_connection()
+            .await
     }
 }
 

@@ -1,11 +1,13 @@
 //! Background training: the retrain policy, one run at a time, and snapshot publication.
 
 mod build;
+mod cluster;
 mod dataset;
 
 pub use build::{build_snapshot, Built};
 pub use dataset::{is_held_out, split, split_for};
 
+use crate::cluster::Cluster;
 use crate::config::Settings;
 use crate::rated::RecentWrites;
 use crate::snapshot::{self, Serving, Snapshot};
@@ -64,6 +66,10 @@ struct Inner {
     /// Held while the served version changes (a publication or a rollback), so the
     /// `model` table's serving row and the served snapshot change together.
     publishing: tokio::sync::Mutex<()>,
+    /// Leadership (on a shared database, see `cluster.rs`).
+    cluster: Arc<Cluster>,
+    /// The shared counters' pending changes, as last read (shared database).
+    shared_pending: AtomicU64,
 }
 
 /// Handle to the training worker; cheap to clone.
@@ -134,6 +140,7 @@ impl Worker {
         serving: Arc<Serving>,
         recent: Arc<RecentWrites>,
         last_version: u64,
+        cluster: Arc<Cluster>,
     ) -> (Worker, WorkerTask) {
         let worker = Worker {
             inner: Arc::new(Inner {
@@ -151,9 +158,15 @@ impl Worker {
                 cancel: CancellationToken::new(),
                 last_version: AtomicU64::new(last_version),
                 publishing: tokio::sync::Mutex::new(()),
+                cluster,
+                shared_pending: AtomicU64::new(0),
             }),
         };
-        if worker.inner.serving.get().is_none() && worker.inner.settings.training.train_on_start {
+        // (on a shared database the elected trainer decides, see `cluster_loop`)
+        if !worker.inner.cluster.shared()
+            && worker.inner.serving.get().is_none()
+            && worker.inner.settings.training.train_on_start
+        {
             match worker.inner.store.has_ratings().await {
                 Ok(true) => {
                     tracing::info!("no model snapshot but ratings in the store: training at start");
@@ -191,10 +204,26 @@ impl Worker {
         self.status()
     }
 
+    /// Records a train request: on a shared database in the database (whichever
+    /// process is elected trains), otherwise as [`Worker::request`].
+    pub async fn request_anywhere(&self) -> Result<JobStatus, crate::store::StoreError> {
+        if !self.inner.cluster.shared() {
+            return Ok(self.request());
+        }
+        self.inner.store.request_train().await?;
+        let mut s = self.status();
+        s.queued = true;
+        Ok(s)
+    }
+
     /// Ratings written or deleted since the last run started (counted by the writer
-    /// when it commits), plus the difference found at start.
+    /// when it commits), plus the difference found at start. On a shared database:
+    /// the changes of every replica not covered by a finished run, as last read.
     pub fn pending(&self) -> u64 {
         let inner = &self.inner;
+        if inner.cluster.shared() {
+            return inner.shared_pending.load(Ordering::Acquire);
+        }
         let since_run = inner
             .recent
             .changes()
@@ -219,6 +248,9 @@ impl Worker {
     #[tracing::instrument(name = "worker", skip_all)]
     async fn run_loop(self) {
         let inner = &self.inner;
+        if inner.cluster.shared() {
+            return self.cluster_loop().await;
+        }
         self.startup_policy().await;
         let interval = inner.settings.training.retrain_interval_secs;
         let period = (interval > 0).then(|| Duration::from_secs(interval));
@@ -334,7 +366,9 @@ impl Worker {
             }
             RunOutcome::Skipped(msg) => tracing::info!("{msg}"),
             RunOutcome::Cancelled => {
-                tracing::info!("training cancelled by shutdown; partial model discarded")
+                tracing::info!(
+                    "training cancelled (shutdown or lost leadership); partial model discarded"
+                )
             }
             RunOutcome::Failed(msg) => tracing::error!(error = msg, "training run failed"),
         }
@@ -360,11 +394,14 @@ impl Worker {
         let worker = self.clone();
         // The gate compares with the model serving when the run starts.
         let baseline = inner.serving.get();
+        // the leadership this run belongs to: losing it cancels the run
+        let term = inner.cluster.term();
+        let term_ = term.clone();
         let built = tokio::task::spawn_blocking(move || {
             let inner = &worker.inner;
             let mut on_epoch = |e: &funkrec_engine::EpochStats| {
                 inner.status.send_modify(|s| s.epoch = Some(e.epoch));
-                if inner.cancel.is_cancelled() {
+                if inner.cancel.is_cancelled() || term_.is_cancelled() {
                     ControlFlow::Break(())
                 } else {
                     ControlFlow::Continue(())
@@ -384,6 +421,9 @@ impl Worker {
         let Some(built) = built else {
             return Ok(RunOutcome::Cancelled);
         };
+        if term.is_cancelled() {
+            return Ok(RunOutcome::Cancelled);
+        }
         if let Some(reason) = gate(&built, inner.settings.training.max_regression) {
             self.reject(&built.snapshot, &reason).await?;
             return Ok(RunOutcome::Rejected { version, reason });
@@ -419,11 +459,18 @@ impl Worker {
                 row.reason.clone().unwrap_or_default(),
             ));
         }
-        let dir = inner.settings.models_dir();
-        let snap = snapshot::load_version(&dir, version, Some(row))
-            .await
-            .map_err(RollbackError::Internal)?
-            .map_err(RollbackError::FileUnavailable)?;
+        let snap = if inner.cluster.shared() {
+            // on a shared database the models live there (any replica can roll back)
+            crate::cluster::load_shared(&inner.store, &inner.cluster, version)
+                .await
+                .map_err(|e| RollbackError::FileUnavailable(e.to_string()))?
+        } else {
+            let dir = inner.settings.models_dir();
+            snapshot::load_version(&dir, version, Some(row))
+                .await
+                .map_err(RollbackError::Internal)?
+                .map_err(RollbackError::FileUnavailable)?
+        };
         if !inner.store.set_serving(version).await? {
             return Err(RollbackError::NotFound);
         }
@@ -432,6 +479,18 @@ impl Worker {
         tracing::info!(version, "rolled back: serving an earlier model version");
         Ok(snap)
     }
+    /// Records the published snapshot in the store: its `model` row, and on a shared
+    /// database its file too (the replicas load it from there).
+    async fn share(&self, snap: &Snapshot) -> anyhow::Result<()> {
+        let inner = &self.inner;
+        inner.cluster.publishing(snap.version);
+        let file = inner
+            .settings
+            .models_dir()
+            .join(snapshot::file_name(snap.version));
+        inner.store.publish_model(&snap.row(), &file).await
+    }
+
     /// Writes the snapshot's file and `model` row, serves it, then prunes old files
     /// and the recent writes it covers.
     async fn publish(&self, snap: Snapshot) -> anyhow::Result<()> {
@@ -447,7 +506,7 @@ impl Worker {
         })
         .await??;
         inner.last_version.store(version, Ordering::SeqCst);
-        inner.store.insert_model_row(&snap.row()).await?;
+        self.share(&snap).await?;
         inner.serving.publish(Arc::new(snap));
         if let Some(since) = since {
             inner.recent.prune(since);

@@ -63,3 +63,56 @@ async fn the_service_runs_on_postgres() {
     app.stop().await;
     db.drop_now().await;
 }
+
+/// A model in the database that fails its checksum is skipped by the replicas: the
+/// served model stays, a log line and `funkrec_model_checksum_failures_total` say so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_shared_model_is_skipped() {
+    let Some(db) = pg::PgDb::create("api_corrupt_model").await else {
+        return;
+    };
+    let url = db.url.clone();
+    let app = spawn_app_with(|s| s.storage.database_url = url.clone()).await;
+    let (s, v) = app.get_json("/readyz").await;
+    // (the trainer lock is taken in the background, a moment after start)
+    assert_eq!((s, &v["role"]), (200, &json!("all")), "{v}");
+    app.post_ratings(&planted()).await;
+    let version = app.train().await;
+    // version + 1: a copy of the served model with one byte flipped, announced as usual
+    let mut c = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
+        .await
+        .unwrap();
+    let next = version as i64 + 1;
+    sqlx::raw_sql(&format!(
+        "INSERT INTO model SELECT {next}, file, trained_at, trainer, n_users, n_items, n_ratings, \
+         n_holdout, train_rmse, holdout_rmse, train_secs FROM model WHERE version = {version}; \
+         INSERT INTO model_chunk SELECT {next}, chunk, \
+         CASE WHEN chunk = 0 THEN set_byte(data, 100, get_byte(data, 100) # 1) ELSE data END \
+         FROM model_chunk WHERE version = {version}; \
+         INSERT INTO model_blob SELECT {next}, bytes, checksum, chunks FROM model_blob \
+         WHERE version = {version}; \
+         NOTIFY funkrec_model, '{next}';"
+    ))
+    .execute(&mut c)
+    .await
+    .unwrap();
+    let mut skipped = false;
+    for _ in 0..100 {
+        let text = app.get("/metrics").await.text().await.unwrap();
+        if text.contains("funkrec_model_checksum_failures_total 1\n") {
+            skipped = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(skipped, "the corrupt model was not noticed within 5 s");
+    assert_eq!(
+        app.model_version().await,
+        Some(version),
+        "the old model still serves"
+    );
+    let (s, _) = app.get_json("/v1/users/u0/recommendations?n=3").await;
+    assert_eq!(s, 200);
+    app.stop().await;
+    db.drop_now().await;
+}

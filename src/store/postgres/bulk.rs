@@ -110,6 +110,11 @@ where
             .await?
             .rows_affected();
         sqlx::query(MERGE).execute(&mut *tx).await?;
+        // the shared retrain counter (cluster_state, migration 0004) counts them as changes
+        sqlx::query("UPDATE cluster_state SET changes = changes + $1 WHERE id = 1")
+            .bind(in_tx as i64)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         stats.rows += in_tx;
         on_progress(stats.rows);

@@ -1,6 +1,7 @@
 //! The PostgreSQL backend: connection pool, migrations from `migrations/postgres` and the read queries (writer, scan and import in submodules).
 
 mod bulk;
+pub(crate) mod cluster;
 mod scan;
 pub(super) mod writer;
 
@@ -189,31 +190,7 @@ impl PgStore {
 
     pub(crate) async fn insert_model_row(&self, row: &ModelRow) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        if row.state == super::MODEL_SERVING {
-            sqlx::query("UPDATE model SET state = 'superseded' WHERE state = 'serving'")
-                .execute(&mut *tx)
-                .await?;
-        }
-        sqlx::query(&format!(
-            "INSERT INTO model ({}) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-            super::MODEL_COLUMNS
-        ))
-        .bind(row.version)
-        .bind(&row.file)
-        .bind(&row.trained_at)
-        .bind(&row.trainer)
-        .bind(row.n_users)
-        .bind(row.n_items)
-        .bind(row.n_ratings)
-        .bind(row.n_holdout)
-        .bind(row.train_rmse)
-        .bind(row.holdout_rmse)
-        .bind(row.train_secs)
-        .bind(&row.state)
-        .bind(&row.reason)
-        .execute(&mut *tx)
-        .await?;
+        cluster::insert_model_row(&mut tx, row).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -281,6 +258,12 @@ impl PgStore {
         .await?;
         sqlx::query("UPDATE model SET state = 'serving', reason = NULL WHERE version = $1")
             .bind(version)
+            .execute(&mut *tx)
+            .await?;
+        // the replicas follow the serving row: tell them now, not at their next poll
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(cluster::MODEL_CHANNEL)
+            .bind(version.to_string())
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;

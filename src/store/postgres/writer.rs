@@ -135,6 +135,8 @@ async fn run_jobs(
         cache.get(id).or_else(|| new.get(id)).copied()
     };
     let mut results = Vec::with_capacity(jobs.len());
+    // rating changes committed, as `RecentWrites` counts them (the shared retrain counter)
+    let mut changes = 0i64;
     let mut pending: Vec<(i64, i64, f64, i64)> = Vec::new();
     for job in jobs {
         match &job.op {
@@ -146,6 +148,7 @@ async fn run_jobs(
                         |i| key(&cache.items, &new_items, i),
                     )?;
                     pending.push(row);
+                    changes += 1;
                 }
                 results.push(true);
             }
@@ -157,6 +160,7 @@ async fn run_jobs(
                     .execute(&mut *tx)
                     .await?
                     .rows_affected();
+                changes += i64::from(n > 0);
                 results.push(n > 0);
             }
             Op::ForgetUser { user, tag, removed } => {
@@ -208,6 +212,12 @@ async fn run_jobs(
         }
     }
     flush(&mut tx, &mut pending).await?;
+    if changes > 0 {
+        sqlx::query("UPDATE cluster_state SET changes = changes + $1 WHERE id = 1")
+            .bind(changes)
+            .execute(&mut *tx)
+            .await?;
+    }
     tx.commit().await?;
     cache.users.extend(new_users);
     cache.items.extend(new_items);
