@@ -26,6 +26,7 @@ pub fn build_snapshot(
     let (mut data, holdout) = split(&rows, t.holdout_fraction, t.holdout_max, t.holdout_seed);
     // the model's id maps are the training set's
     let rated = RatedIndex::build(&rows, &data.users, &data.items);
+    let scan_snapshot = rows.snapshot.clone();
     drop(rows);
     let validation = (!holdout.is_empty()).then_some(holdout.as_slice());
     let mut stopped = false;
@@ -52,6 +53,7 @@ pub fn build_snapshot(
         n_ratings_total: n_total,
         rated: OnceLock::from(Rated {
             since,
+            snapshot: scan_snapshot,
             index: rated,
         }),
         folded: Default::default(),
@@ -77,6 +79,7 @@ mod tests {
             users,
             items,
             ratings,
+            ..Default::default()
         }
     }
 

@@ -92,6 +92,7 @@ mod tests {
             users,
             items,
             ratings,
+            ..Default::default()
         }
     }
 

@@ -16,3 +16,4 @@ mod pg_fault;
 mod postgres;
 mod ratings;
 mod recommend;
+mod replicas;
