@@ -24,8 +24,13 @@ for tool in wrk curl python3; do
 done
 [[ -f "$SEED_FILE" ]] || { echo "MovieLens 100K u1.base not found at $SEED_FILE (set BENCH_DATA)" >&2; exit 2; }
 
-echo "== cargo build --release --bin funkrec"
-cargo build --quiet --release --bin funkrec
+if [[ -n "${BENCH_BIN:-}" ]]; then
+  BIN=$BENCH_BIN   # a binary built before (e.g. to compare two builds); no build here
+  echo "== binary: $BIN"
+else
+  echo "== cargo build --release --bin funkrec"
+  cargo build --quiet --release --bin funkrec
+fi
 
 PG_DB=
 if [[ -n "${BENCH_PG_URL:-}" ]]; then

@@ -112,15 +112,22 @@ pub async fn user_now(
     let plan = match snap.rated.get() {
         None => None,
         Some(r) => match &r.snapshot {
-            Some(scan) => match store.changed_since(user, scan).await? {
-                Some(change) => Some(Plan::Fold(change, None)),
-                None => {
+            Some(scan) => match store.changed_since(user, scan).await {
+                Ok(Some(change)) => Some(Plan::Fold(change, None)),
+                Ok(None) => {
                     let bits = match need_rated {
                         true => rated::item_bits(m, r.index.items(name, known)),
                         false => FixedBitSet::new(),
                     };
                     Some(unchanged(r, name, known, bits))
                 }
+                // Database down: keep serving the model, with this process's own
+                // writes (no replica can acknowledge a write meanwhile either).
+                Err(e) if e.is_unavailable() => {
+                    tracing::debug!(error = %e, "change check unavailable; local writes only");
+                    local_plan(snap, r, recent, name, known, need_rated)
+                }
+                Err(e) => return Err(e),
             },
             None => local_plan(snap, r, recent, name, known, need_rated),
         },
