@@ -3,8 +3,7 @@
 use crate::helpers::*;
 use serde_json::{json, Value};
 
-#[path = "../common/pg.rs"]
-mod pg;
+use crate::postgres::pg;
 
 /// The items of `GET /v1/users/{user}/recommendations?n=100` (every unrated item the
 /// model knows: there are 20), and whether the user was folded in.
