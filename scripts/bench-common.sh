@@ -1,6 +1,10 @@
 # Sourced by scripts/bench-serve.sh and scripts/bench-ingest.sh: tool checks, release
-# build, a throw-away data dir seeded with MovieLens 100K u1.base, a loopback server that
-# is killed on exit, and wrk runs that append one line per run to $RESULTS.
+# build, a throw-away data dir seeded with MovieLens 100K u1.base, loopback servers that
+# are killed on exit, and wrk runs that append one line per run to $RESULTS.
+#
+# BENCH_PG_URL=postgres://USER@HOST:PORT/DB (a URL that may create databases) runs the
+# same benchmark on PostgreSQL: the store is a database funkrec_bench_<pid> created on
+# that server and dropped on exit (needs psql), instead of the SQLite file.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
@@ -20,21 +24,47 @@ for tool in wrk curl python3; do
 done
 [[ -f "$SEED_FILE" ]] || { echo "MovieLens 100K u1.base not found at $SEED_FILE (set BENCH_DATA)" >&2; exit 2; }
 
-echo "== cargo build --release --bin funkrec"
-cargo build --quiet --release --bin funkrec
+if [[ -n "${BENCH_BIN:-}" ]]; then
+  BIN=$BENCH_BIN   # a binary built before (e.g. to compare two builds); no build here
+  echo "== binary: $BIN"
+else
+  echo "== cargo build --release --bin funkrec"
+  cargo build --quiet --release --bin funkrec
+fi
+
+PG_DB=
+if [[ -n "${BENCH_PG_URL:-}" ]]; then
+  command -v psql >/dev/null || { echo "BENCH_PG_URL needs psql" >&2; exit 2; }
+  PG_DB=funkrec_bench_$$
+fi
 
 DATA=$(mktemp -d "${TMPDIR:-/tmp}/funkrec-bench.XXXXXX")
 RESULTS=$DATA/results.tsv
 SERVER_PID=
+SERVER_PIDS=()
 cleanup() {
-  if [[ -n "$SERVER_PID" ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
-    kill -TERM "$SERVER_PID" 2>/dev/null || true
-    for _ in $(seq 1 100); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$SERVER_PID" 2>/dev/null || true
+  local pid
+  for pid in "${SERVER_PIDS[@]}"; do
+    kill -0 "$pid" 2>/dev/null && kill -TERM "$pid" 2>/dev/null || true
+  done
+  for pid in "${SERVER_PIDS[@]}"; do
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+  done
+  if [[ -n "$PG_DB" ]]; then
+    psql -q "$BENCH_PG_URL" -c "DROP DATABASE IF EXISTS $PG_DB WITH (FORCE)" || true
   fi
   [[ -n "${BENCH_KEEP:-}" ]] || rm -rf "$DATA"
 }
 trap cleanup EXIT INT TERM
+
+if [[ -n "$PG_DB" ]]; then
+  psql -q -v ON_ERROR_STOP=1 "$BENCH_PG_URL" -c "CREATE DATABASE $PG_DB"
+  base=${BENCH_PG_URL%%\?*}
+  export FUNKREC__STORAGE__DATABASE_URL=${base%/*}/$PG_DB
+  echo "== store: PostgreSQL database $PG_DB (dropped on exit)"
+fi
+STORE_NAME=$([[ -n "$PG_DB" ]] && echo postgres || echo sqlite)
 
 # seed_store: imports $SEED_FILE into the throw-away data dir.
 seed_store() {
@@ -43,17 +73,20 @@ seed_store() {
   "$BIN" import "$SEED_FILE" </dev/null 2>&1 | tail -1
 }
 
-# start_server: serves on a free loopback port; extra FUNKREC__* settings come from the
-# caller's environment. Sets BASE and SERVER_PID and waits until /healthz answers.
+# start_server [LOG]: serves on a free loopback port; extra FUNKREC__* settings come from
+# the caller's environment. Sets BASE and SERVER_PID and waits until /healthz answers.
+# Every server started is stopped on exit.
 start_server() {
+  local log=${1:-$DATA/server.log}
   PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
   BASE="http://127.0.0.1:$PORT"
   FUNKREC__SERVER__BIND=127.0.0.1:$PORT FUNKREC__LOG__LEVEL=warn \
-    "$BIN" serve </dev/null >"$DATA/server.log" 2>&1 &
+    "$BIN" serve </dev/null >"$log" 2>&1 &
   SERVER_PID=$!
+  SERVER_PIDS+=("$SERVER_PID")
   for _ in $(seq 1 200); do
     curl -fsS "$BASE/healthz" >/dev/null 2>&1 && return 0
-    kill -0 "$SERVER_PID" 2>/dev/null || { echo "server exited"; cat "$DATA/server.log"; exit 1; }
+    kill -0 "$SERVER_PID" 2>/dev/null || { echo "server exited"; cat "$log"; exit 1; }
     sleep 0.1
   done
   echo "server did not answer /healthz within 20 s"; exit 1
@@ -90,5 +123,6 @@ PY
 
 machine_note() {
   echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), load average now: $(cut -d' ' -f1-3 /proc/loadavg)"
+  echo "store: $STORE_NAME; date: $(date -u '+%Y-%m-%d %H:%M UTC'); commit: $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
   echo "wrk: $THREADS threads, ${SECS} s per run, $ROUNDS rounds interleaved"
 }

@@ -14,6 +14,7 @@
 # medians and whether the targets hold (exit 1 if not).
 #
 #   scripts/bench-ingest.sh     # BENCH_SECS=10 BENCH_ROUNDS=3 BENCH_CONNECTIONS=64 BATCH=1000
+#   BENCH_PG_URL=postgres://postgres@127.0.0.1:5432/postgres scripts/bench-ingest.sh   # on PostgreSQL
 source "$(dirname "$0")/bench-common.sh"
 export BATCH=${BATCH:-1000}
 BCONN=${BENCH_BATCH_CONNECTIONS:-8}
@@ -32,5 +33,11 @@ for round in $(seq 1 "$ROUNDS"); do
 done
 after=$(curl -fsS "$BASE/metrics" | awk '/^funkrec_ratings /{print $2}')
 echo "ratings in the store: $before before, $after after"
+if [[ -n "$PG_DB" ]]; then
+  psql -At "$FUNKREC__STORAGE__DATABASE_URL" -c "SELECT 'ratings table + primary key: ' \
+    || pg_total_relation_size('ratings') || ' bytes, ' \
+    || round(pg_total_relation_size('ratings')::numeric / greatest(count(*), 1), 1) \
+    || ' bytes a rating' FROM ratings"
+fi
 kill -0 "$SERVER_PID" 2>/dev/null || { echo "the server died"; tail -50 "$DATA/server.log"; exit 1; }
 python3 "$ROOT/scripts/bench-summary.py" "$RESULTS" ingest "$CONN" "$BATCH"

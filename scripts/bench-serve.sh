@@ -20,7 +20,14 @@
 # top10_foldin/healthz throughput ratios per round and whether the targets hold (exit 1
 # if not).
 #
+# On PostgreSQL (BENCH_PG_URL, see bench-common.sh) a second server on the same database
+# and data dir serves the same model file with storage.check_user_changes=false, and
+# each round also runs
+#   top10_nocheck  the same requests against it (no per-request "did this user change"
+#                  query: the cost of read-your-writes across replicas, same run)
+#
 #   scripts/bench-serve.sh      # BENCH_SECS=10 BENCH_ROUNDS=3 BENCH_CONNECTIONS=64 BENCH_THREADS=2
+#   BENCH_PG_URL=postgres://postgres@127.0.0.1:5432/postgres scripts/bench-serve.sh
 source "$(dirname "$0")/bench-common.sh"
 
 seed_store
@@ -30,6 +37,15 @@ export FUNKREC__MODEL__TRAINER=sgd FUNKREC__MODEL__FACTORS=100 FUNKREC__MODEL__E
 start_server
 echo "== server on $BASE; model: sgd, 100 factors, 40 epochs (trains at start)"
 wait_for_model
+CHECKED=$BASE
+NOCHECK=
+if [[ -n "$PG_DB" ]]; then
+  FUNKREC__STORAGE__CHECK_USER_CHANGES=false start_server "$DATA/server-nocheck.log"
+  wait_for_model
+  NOCHECK=$BASE
+  echo "== second server on $NOCHECK (same model file, storage.check_user_changes=false)"
+  BASE=$CHECKED
+fi
 machine_note
 for round in $(seq 1 "$ROUNDS"); do
   run_wrk healthz "$round" "$CONN" healthz.lua /healthz
@@ -41,6 +57,11 @@ for round in $(seq 1 "$ROUNDS"); do
   sleep 1
   run_wrk top10_foldin "$round" "$CONN" recs.lua /
   wait "$writer"
+  if [[ -n "$NOCHECK" ]]; then
+    BASE=$NOCHECK run_wrk top10_nocheck "$round" "$CONN" recs.lua /
+  fi
 done
-kill -0 "$SERVER_PID" 2>/dev/null || { echo "the server died"; tail -50 "$DATA/server.log"; exit 1; }
+for pid in "${SERVER_PIDS[@]}"; do
+  kill -0 "$pid" 2>/dev/null || { echo "a server died"; tail -50 "$DATA"/server*.log; exit 1; }
+done
 python3 "$ROOT/scripts/bench-summary.py" "$RESULTS" serve "$CONN" 0

@@ -31,6 +31,13 @@ def check(what, holds, detail):
 
 errors = sum(x["errors"] for rounds in runs.values() for x in rounds.values())
 check("no errors (non-2xx or socket)", errors == 0, f"{errors} errors")
+if mode == "serve" and "top10_nocheck" in runs:
+    t, n = runs["top10"], runs["top10_nocheck"]
+    rounds = [k for k in sorted(t) if k in n]
+    print("cost of the per-request change check (top10 vs top10_nocheck, same round): "
+          f"throughput ratio median {med([t[k]['rps'] / n[k]['rps'] for k in rounds]):.3f}, "
+          f"p50 +{med([t[k]['p50'] - n[k]['p50'] for k in rounds]):.3f} ms, "
+          f"p99 +{med([t[k]['p99'] - n[k]['p99'] for k in rounds]):.3f} ms (medians of the per-round differences)")
 if mode == "serve":
     h, t = runs["healthz"], runs["top10"]
     ratios = [t[k]["rps"] / h[k]["rps"] for k in sorted(t) if k in h]

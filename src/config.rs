@@ -76,6 +76,10 @@ pub struct StorageSettings {
     pub keep_snapshots: usize,
     /// `/readyz` fails (`disk`) when the data directory's file system has less free space.
     pub min_free_bytes: u64,
+    /// PostgreSQL: before serving a user, ask the database whether their ratings changed
+    /// since the model's scan (read-your-writes across replicas). False: only this
+    /// process's own writes count (one replica). No effect on SQLite.
+    pub check_user_changes: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -329,16 +329,22 @@ pub fn rated_now(
     user: &str,
     user_index: Option<u32>,
 ) -> Option<FixedBitSet> {
-    let mut bits = FixedBitSet::with_capacity(model.n_items());
-    for &i in index.items(user, user_index) {
-        bits.insert(i as usize);
-    }
+    let mut bits = item_bits(model, index.items(user, user_index));
     let complete = recent.changes_since(user, since, |item, rated| {
         if let Some(i) = model.items.get(item) {
             bits.set(i as usize, rated);
         }
     });
     complete.then_some(bits)
+}
+
+/// Model item indices as a bit set over the model's items.
+pub fn item_bits(model: &Model, items: &[u32]) -> FixedBitSet {
+    let mut bits = FixedBitSet::with_capacity(model.n_items());
+    for &i in items {
+        bits.insert(i as usize);
+    }
+    bits
 }
 
 /// The model's items among the external ids `items` (unknown ones skipped), as a bit set.
@@ -381,6 +387,7 @@ mod tests {
                 (3, 11, 1.0),
                 (3, 10, 2.0),
             ],
+            ..Default::default()
         };
         let users = ids(&["b", "a"]);
         let items = ids(&["y", "x"]);
@@ -397,6 +404,7 @@ mod tests {
             users: vec![(1, "a".into())],
             items: vec![(10, "x".into()), (11, "y".into()), (12, "z".into())],
             ratings: vec![(1, 10, 4.0), (1, 11, 3.0)],
+            ..Default::default()
         };
         let (users, items) = (ids(&["a"]), ids(&["x", "y", "z"]));
         let model = Model::zeros(Default::default(), users.clone(), items.clone(), 3.0);

@@ -1,7 +1,7 @@
 //! Model snapshots: the immutable served model, its atomic publication, and its files on disk.
 
 use crate::rated::RatedIndex;
-use crate::store::{ModelRow, Store};
+use crate::store::{ModelRow, ScanSnapshot, Store};
 use arc_swap::ArcSwapOption;
 use funkrec_engine::topn::ItemIndex;
 use funkrec_engine::Model;
@@ -37,6 +37,10 @@ pub struct Snapshot {
 #[derive(Debug)]
 pub struct Rated {
     pub since: u64,
+    /// The database snapshot the index's rows were read in (PostgreSQL with
+    /// `storage.check_user_changes`): whether a user changed since is then asked of the
+    /// database, which knows the writes of every replica, not of [`crate::rated::RecentWrites`].
+    pub snapshot: Option<ScanSnapshot>,
     pub index: RatedIndex,
 }
 
@@ -275,7 +279,12 @@ pub async fn index_rated(
     let rows = store.load_training_rows().await?;
     tokio::task::spawn_blocking(move || {
         let index = RatedIndex::build(&rows, &snap.model.users, &snap.model.items);
-        let _ = snap.rated.set(Rated { since, index });
+        let snapshot = rows.snapshot;
+        let _ = snap.rated.set(Rated {
+            since,
+            snapshot,
+            index,
+        });
     })
     .await?;
     Ok(())

@@ -60,7 +60,16 @@ pub struct TrainingRows {
     /// (user key, item key, rating), ordered by (user key, item key); 12 bytes
     /// a rating, so 100 M ratings fit in 1.2 GB.
     pub ratings: Vec<(u32, u32, f32)>,
+    /// The database snapshot the rows were read in, when the backend can later say
+    /// which users changed after it (PostgreSQL with `storage.check_user_changes`).
+    pub snapshot: Option<ScanSnapshot>,
 }
+
+/// The database snapshot a training scan read in (PostgreSQL's `pg_current_snapshot()`,
+/// as text): [`Store::changed_since`] asks whether a user's ratings changed after it,
+/// on any replica.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScanSnapshot(pub(crate) String);
 
 /// A row of the `model` table: metadata of one published snapshot.
 #[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
@@ -103,7 +112,9 @@ impl Store {
         let url = settings.database_url();
         let backend = if postgres::is_postgres_url(&url) {
             Backend::Postgres(
-                postgres::PgStore::connect(&url, settings.storage.max_connections).await?,
+                postgres::PgStore::connect(&url, settings.storage.max_connections)
+                    .await?
+                    .with_change_check(settings.storage.check_user_changes),
             )
         } else {
             std::fs::create_dir_all(&settings.storage.data_dir)?;
@@ -348,6 +359,22 @@ impl Store {
         span.record("items", rows.items.len());
         span.record("ratings", rows.ratings.len());
         Ok(rows)
+    }
+
+    /// Whether `user`'s ratings changed after the scan that read in `snapshot`, by any
+    /// process on the database: the id of the latest such change (a PostgreSQL
+    /// transaction id), None when nothing changed since. One indexed query. Snapshots
+    /// exist only on PostgreSQL, so on SQLite this is always None.
+    #[tracing::instrument(level = "debug", skip_all, fields(user = user.as_str()))]
+    pub async fn changed_since(
+        &self,
+        user: &UserId,
+        snapshot: &ScanSnapshot,
+    ) -> Result<Option<u64>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(None),
+            Backend::Postgres(pg) => pg.changed_since(user, snapshot).await,
+        }
     }
 
     /// Records a model version's metadata. A row whose state is [`MODEL_SERVING`]

@@ -74,5 +74,6 @@ pub fn training_rows(path: &Path) -> anyhow::Result<TrainingRows> {
         users,
         items,
         ratings,
+        snapshot: None,
     })
 }

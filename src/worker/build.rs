@@ -49,6 +49,7 @@ pub fn build_snapshot(
         .map(|(m, h)| funkrec_engine::train::rmse_of(m, h));
     // the model's id maps are the training set's
     let rated = RatedIndex::build(&rows, &data.users, &data.items);
+    let scan_snapshot = rows.snapshot.clone();
     drop(rows);
     let validation = (!holdout.is_empty()).then_some(holdout.as_slice());
     let mut stopped = false;
@@ -75,6 +76,7 @@ pub fn build_snapshot(
         n_ratings_total: n_total,
         rated: OnceLock::from(Rated {
             since,
+            snapshot: scan_snapshot,
             index: rated,
         }),
         folded: Default::default(),
@@ -104,6 +106,7 @@ mod tests {
             users,
             items,
             ratings,
+            ..Default::default()
         }
     }
 

@@ -203,6 +203,7 @@ mod tests {
             users,
             items,
             ratings,
+            ..Default::default()
         }
     }
 

@@ -17,4 +17,5 @@ mod pg_fault;
 mod postgres;
 mod ratings;
 mod recommend;
+mod replicas;
 mod versions;

@@ -5,7 +5,7 @@ use serde_json::json;
 use std::sync::Arc;
 
 #[path = "../common/pg.rs"]
-mod pg;
+pub mod pg;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_service_runs_on_postgres() {

@@ -30,6 +30,11 @@ const MERGE: &str = "INSERT INTO ratings (user_id, item_id, rating, ts) \
      ORDER BY us.id, it.id, s.n DESC \
      ON CONFLICT (user_id, item_id) DO UPDATE SET rating = excluded.rating, ts = excluded.ts";
 
+/// The imported users changed (read-your-writes across replicas: `writer.rs`).
+const USER_CHANGES: &str = "INSERT INTO user_changes (ext_id, xid) \
+     SELECT u, pg_current_xact_id() FROM import_stage GROUP BY u ORDER BY u \
+     ON CONFLICT (ext_id) DO UPDATE SET xid = excluded.xid";
+
 /// Appends one row in binary COPY format.
 fn encode(buf: &mut Vec<u8>, n: i64, row: &ImportRow) {
     buf.extend_from_slice(&5i16.to_be_bytes());
@@ -115,6 +120,7 @@ where
             .bind(in_tx as i64)
             .execute(&mut *tx)
             .await?;
+        sqlx::query(USER_CHANGES).execute(&mut *tx).await?;
         tx.commit().await?;
         stats.rows += in_tx;
         on_progress(stats.rows);

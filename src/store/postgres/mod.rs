@@ -5,7 +5,9 @@ pub(crate) mod cluster;
 mod scan;
 pub(super) mod writer;
 
-use super::{ImportRow, ImportStats, ModelRow, StoreError, StoredRating, TrainingRows};
+use super::{
+    ImportRow, ImportStats, ModelRow, ScanSnapshot, StoreError, StoredRating, TrainingRows,
+};
 use crate::config::redact_url;
 use crate::domain::{ItemId, UserId};
 use anyhow::Context;
@@ -22,6 +24,9 @@ pub(crate) fn is_postgres_url(url: &str) -> bool {
 #[derive(Clone, Debug)]
 pub(crate) struct PgStore {
     pool: PgPool,
+    /// `storage.check_user_changes`: training scans record their snapshot, so that
+    /// readers can ask which users changed since (`changed_since`).
+    check_changes: bool,
 }
 
 impl PgStore {
@@ -53,7 +58,36 @@ impl PgStore {
             .run(&pool)
             .await
             .context("applying database migrations")?;
-        Ok(PgStore { pool })
+        Ok(PgStore {
+            pool,
+            check_changes: true,
+        })
+    }
+
+    /// Whether training scans record their snapshot for [`PgStore::changed_since`].
+    pub(crate) fn with_change_check(mut self, on: bool) -> PgStore {
+        self.check_changes = on;
+        self
+    }
+
+    /// The id of the latest transaction that changed `user`'s ratings, if it is not
+    /// visible in `snapshot` (committed after the scan, or in progress during it); None
+    /// when every change of the user is in the scan. One primary-key probe (the
+    /// statement is prepared once per connection).
+    pub(crate) async fn changed_since(
+        &self,
+        user: &UserId,
+        snapshot: &ScanSnapshot,
+    ) -> Result<Option<u64>, StoreError> {
+        let xid: Option<i64> = sqlx::query_scalar(
+            "SELECT xid::text::int8 FROM user_changes \
+             WHERE ext_id = $1 AND NOT pg_visible_in_snapshot(xid, $2::text::pg_snapshot)",
+        )
+        .bind(user.as_str())
+        .bind(&snapshot.0)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(xid.map(|x| x as u64))
     }
 
     pub(crate) fn pool(&self) -> &PgPool {
@@ -185,7 +219,7 @@ impl PgStore {
     }
 
     pub(crate) async fn training_rows(&self) -> anyhow::Result<TrainingRows> {
-        scan::training_rows(&self.pool).await
+        scan::training_rows(&self.pool, self.check_changes).await
     }
 
     pub(crate) async fn insert_model_row(&self, row: &ModelRow) -> Result<(), StoreError> {

@@ -1,6 +1,6 @@
 //! The trainer's full read on PostgreSQL: one repeatable-read transaction, the ratings streamed by binary `COPY .. TO STDOUT` straight into the result.
 
-use crate::store::TrainingRows;
+use crate::store::{ScanSnapshot, TrainingRows};
 use anyhow::{bail, Context};
 use futures_util::TryStreamExt;
 use sqlx::PgPool;
@@ -16,10 +16,22 @@ const TUPLE: usize = 2 + 3 * 8;
 /// consistent snapshot. The ratings arrive as binary COPY data and are decoded chunk
 /// by chunk into the result vector, sized up front from the table's statistics, so
 /// they are held once.
-pub(super) async fn training_rows(pool: &PgPool) -> anyhow::Result<TrainingRows> {
+///
+/// With `record_snapshot`, the transaction's snapshot (taken by its first query, so it
+/// is the one every row was read in) is returned with the rows: a change committed by
+/// a transaction that is not visible in it is missing from them
+/// (`PgStore::changed_since`).
+pub(super) async fn training_rows(
+    pool: &PgPool,
+    record_snapshot: bool,
+) -> anyhow::Result<TrainingRows> {
     let mut tx = pool.begin().await?;
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         .execute(&mut *tx)
+        .await?;
+    // The first query of a repeatable-read transaction fixes its snapshot.
+    let snapshot: String = sqlx::query_scalar("SELECT pg_current_snapshot()::text")
+        .fetch_one(&mut *tx)
         .await?;
     let users: Vec<(i64, String)> = sqlx::query_as("SELECT id, ext_id FROM users ORDER BY id")
         .fetch_all(&mut *tx)
@@ -50,6 +62,7 @@ pub(super) async fn training_rows(pool: &PgPool) -> anyhow::Result<TrainingRows>
         users,
         items,
         ratings,
+        snapshot: record_snapshot.then_some(ScanSnapshot(snapshot)),
     })
 }
 

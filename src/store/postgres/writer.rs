@@ -29,6 +29,13 @@ const DELETE: &str = "DELETE FROM ratings \
      WHERE user_id = (SELECT id FROM users WHERE ext_id = $1) \
      AND item_id = (SELECT id FROM items WHERE ext_id = $2)";
 
+/// Records the users a transaction changed, with its id, in the same transaction
+/// (migration `0005_user_changes.sql`; read by `PgStore::changed_since`). The ids come
+/// sorted, so concurrent writers lock the rows in one order.
+const USER_CHANGES: &str = "INSERT INTO user_changes (ext_id, xid) \
+     SELECT u, pg_current_xact_id() FROM unnest($1::text[]) AS t(u) \
+     ON CONFLICT (ext_id) DO UPDATE SET xid = excluded.xid";
+
 /// Keys of the user and item ids committed so far.
 #[derive(Default)]
 struct KeyCache {
@@ -218,10 +225,24 @@ async fn run_jobs(
             .execute(&mut *tx)
             .await?;
     }
+    record_changes(&mut tx, jobs).await?;
     tx.commit().await?;
     cache.users.extend(new_users);
     cache.items.extend(new_items);
     Ok(results)
+}
+
+/// Records every user the jobs change as changed by this transaction (each kind of
+/// write names its users: `Op::users`).
+async fn record_changes(conn: &mut PgConnection, jobs: &[Job]) -> Result<(), StoreError> {
+    let mut users = Vec::new();
+    for job in jobs {
+        job.op.users(&mut users);
+    }
+    users.sort_unstable();
+    users.dedup();
+    sqlx::query(USER_CHANGES).bind(&users).execute(conn).await?;
+    Ok(())
 }
 
 /// A rating's row with its keys.

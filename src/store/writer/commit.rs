@@ -48,6 +48,21 @@ pub(in crate::store) struct Job {
     pub(in crate::store) reply: oneshot::Sender<Result<bool, StoreError>>,
 }
 
+impl Op {
+    /// Adds the users whose ratings the operation may change to `out`. The PostgreSQL
+    /// writer records them with the transaction (read-your-writes across replicas,
+    /// `postgres/writer.rs`), so every kind of write or delete must name its users here.
+    pub(in crate::store) fn users<'a>(&'a self, out: &mut Vec<&'a str>) {
+        match self {
+            Op::Upsert(ratings) => out.extend(ratings.iter().map(|r| r.user.as_str())),
+            Op::Delete(user, _) | Op::ForgetUser { user, .. } => out.push(user.as_str()),
+            // a retirement changes what every rater of the item is served: the retired
+            // set itself says so (`crate::forget`), not a per-user change
+            Op::RetireItem { .. } => {}
+        }
+    }
+}
+
 impl Job {
     /// Ratings the job writes (a deletion counts one).
     pub(in crate::store) fn size(&self) -> usize {

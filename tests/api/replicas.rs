@@ -1,0 +1,143 @@
+//! Read-your-writes across replicas: two servers on real ports share one PostgreSQL database; a rating (or delete) acknowledged by one is reflected at once by the other's recommendations.
+
+use crate::helpers::*;
+use serde_json::{json, Value};
+
+use crate::postgres::pg;
+
+/// The items of `GET /v1/users/{user}/recommendations?n=100` (every unrated item the
+/// model knows: there are 20), and whether the user was folded in.
+async fn recs(app: &TestApp, user: &str) -> (Vec<String>, bool) {
+    let (s, v) = app
+        .get_json(&format!("/v1/users/{user}/recommendations?n=100"))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["fallback"], json!(false), "{v}");
+    let items = v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["item"].as_str().unwrap().to_owned())
+        .collect();
+    (items, v["folded_in"].as_bool().unwrap())
+}
+
+async fn rate(app: &TestApp, user: &str, item: &str, rating: f64) {
+    let body = json!({"user": user, "item": item, "rating": rating});
+    let (s, v) = app.post_json("/v1/ratings", &body).await;
+    assert_eq!(s, 201, "{v}");
+}
+
+async fn delete(app: &TestApp, user: &str, item: &str) {
+    let r = app
+        .client
+        .delete(app.url(&format!("/v1/users/{user}/ratings/{item}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 204, "{:?}", r.text().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_on_one_replica_is_reflected_by_another_at_once() {
+    let Some(db) = pg::PgDb::create("replicas").await else {
+        return;
+    };
+    let url = db.url.clone();
+    // A takes the writes and never trains; B trains and serves. C is B without the
+    // database check (`storage.check_user_changes = false`): the control that shows
+    // what B would serve if it knew only its own writes.
+    // (C trains before B starts: each process numbers versions from the highest it saw
+    // at start, and both record theirs in the shared `model` table.)
+    let a = spawn_app_with(|s| s.storage.database_url = url.clone()).await;
+    a.post_ratings(&planted()).await;
+    let c = spawn_app_with(|s| {
+        s.storage.database_url = url.clone();
+        s.storage.check_user_changes = false;
+    })
+    .await;
+    c.train().await;
+    let b = spawn_app_with(|s| s.storage.database_url = url.clone()).await;
+    let version = b.train().await;
+    assert_eq!(a.model_version().await, None, "A never trained");
+
+    // u0 has 5 unrated items; B recommends exactly those, from the snapshot.
+    let unrated: Vec<String> = (0..20)
+        .filter(|&i| is_unrated(0, i))
+        .map(|i| format!("i{i}"))
+        .collect();
+    let (before, folded) = recs(&b, "u0").await;
+    assert!(!folded);
+    let mut sorted = before.clone();
+    sorted.sort();
+    let mut want = unrated.clone();
+    want.sort();
+    assert_eq!(sorted, want, "B lists u0's unrated items (model {version})");
+    let x = before[0].clone();
+
+    // u0 rates B's top item through A: B excludes it at once (no wait, no retrain).
+    rate(&a, "u0", &x, 2.0).await;
+    let (after, folded) = recs(&b, "u0").await;
+    assert!(folded, "B folds u0 in from the database's ratings");
+    assert!(!after.contains(&x), "B still recommends {x}: {after:?}");
+    assert_eq!(after.len(), unrated.len() - 1, "{after:?}");
+    // the control, which knows only its own writes, still recommends it
+    let (stale, folded) = recs(&c, "u0").await;
+    assert!(!folded && stale.contains(&x), "C: {stale:?}");
+    // the prediction on B is also folded in
+    let (s, v) = b.get_json(&format!("/v1/users/u0/predictions/{x}")).await;
+    assert_eq!((s, &v["folded_in"]), (200, &json!(true)), "{v}");
+
+    // A rating u0 had when B trained, deleted through A: B lists it again at once.
+    let rated_before: String = (0..20)
+        .find(|&i| !is_unrated(0, i))
+        .map(|i| format!("i{i}"))
+        .unwrap();
+    assert!(!after.contains(&rated_before));
+    delete(&a, "u0", &rated_before).await;
+    let (after, _) = recs(&b, "u0").await;
+    assert!(after.contains(&rated_before), "{after:?}");
+    assert!(!after.contains(&x), "{after:?}");
+    // and the new rating deleted through A: recommendable again on B
+    delete(&a, "u0", &x).await;
+    let (after, _) = recs(&b, "u0").await;
+    assert!(
+        after.contains(&x) && after.contains(&rated_before),
+        "{after:?}"
+    );
+
+    // A user B's model has never seen, rating through A: B folds them in and
+    // excludes what they rated, instead of the popularity list.
+    rate(&a, "newcomer", "i0", 5.0).await;
+    rate(&a, "newcomer", "i1", 5.0).await;
+    let (s, v): (u16, Value) = b.get_json("/v1/users/newcomer/recommendations?n=100").await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        (&v["folded_in"], &v["fallback"]),
+        (&json!(true), &json!(false)),
+        "{v}"
+    );
+    let items: Vec<&str> = v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["item"].as_str().unwrap())
+        .collect();
+    assert!(
+        !items.contains(&"i0") && !items.contains(&"i1"),
+        "{items:?}"
+    );
+    assert_eq!(items.len(), 18, "{items:?}");
+
+    // After a retrain on B the change is in the model itself: not folded any more.
+    rate(&a, "u0", &x, 2.0).await;
+    b.train().await;
+    let (after, folded) = recs(&b, "u0").await;
+    assert!(!folded, "u0 has not changed since the new scan");
+    assert!(!after.contains(&x), "{after:?}");
+
+    a.stop().await;
+    b.stop().await;
+    c.stop().await;
+    db.drop_now().await;
+}
