@@ -202,7 +202,7 @@ pub async fn load_newest(store: &Store, dir: &Path) -> anyhow::Result<(Option<Sn
                 }
                 return Ok((Some(snapshot), max_seen));
             }
-            Err(e) => tracing::warn!(version, error = %e, "skipping unloadable model snapshot"),
+            Err(e) => tracing::warn!(version, error = %e, "skipping unreadable model snapshot"),
         }
     }
     Ok((None, max_seen))

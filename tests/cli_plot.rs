@@ -80,6 +80,7 @@ fn train_and_eval_draw_one_line_per_fold_and_series() {
         &p("train.svg"),
     ]);
     let svg = std::fs::read_to_string(p("train.svg")).unwrap();
-    assert_eq!(svg.matches("<circle").count(), 9);
+    // train and validation (the carved split): one marker per epoch each
+    assert_eq!(svg.matches("<circle").count(), 2 * 9);
     assert!(svg.contains("epoch") && svg.contains("RMSE"));
 }

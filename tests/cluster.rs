@@ -215,6 +215,8 @@ async fn two_replicas_two_trainers_one_elected() {
     let slow = [
         ("FUNKREC__CLUSTER__ROLE", "trainer"),
         ("FUNKREC__MODEL__EPOCHS", "100000"),
+        // every epoch: early stopping would end this run before the kill
+        ("FUNKREC__MODEL__PATIENCE", "0"),
     ];
     let mut t1 = Proc::start("trainer-1", &db.url, dir.path(), &slow);
     assert!(

@@ -78,14 +78,17 @@ async fn a_corrupt_shared_model_is_skipped() {
     assert_eq!((s, &v["role"]), (200, &json!("all")), "{v}");
     app.post_ratings(&planted()).await;
     let version = app.train().await;
-    // version + 1: a copy of the served model with one byte flipped, announced as usual
+    // version + 1: a copy of the served model with one byte flipped, made the serving
+    // version and announced as usual
     let mut c = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
         .await
         .unwrap();
     let next = version as i64 + 1;
     sqlx::raw_sql(&format!(
-        "INSERT INTO model SELECT {next}, file, trained_at, trainer, n_users, n_items, n_ratings, \
-         n_holdout, train_rmse, holdout_rmse, train_secs FROM model WHERE version = {version}; \
+        "UPDATE model SET state = 'superseded' WHERE version = {version}; \
+         INSERT INTO model SELECT {next}, file, trained_at, trainer, n_users, n_items, n_ratings, \
+         n_holdout, train_rmse, holdout_rmse, train_secs, 'serving', NULL \
+         FROM model WHERE version = {version}; \
          INSERT INTO model_chunk SELECT {next}, chunk, \
          CASE WHEN chunk = 0 THEN set_byte(data, 100, get_byte(data, 100) # 1) ELSE data END \
          FROM model_chunk WHERE version = {version}; \

@@ -242,18 +242,26 @@ async fn rollback_serves_a_kept_version_and_survives_a_restart() {
     // the retrain policy continues: the next run publishes version 3, and with
     // keep_snapshots = 1 the older files are pruned (the rows stay listed)
     assert_eq!(app.train().await, 3);
-    let (_, v) = app.get_json("/v1/model/versions").await;
-    let kept: Vec<(u64, bool)> = v["versions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| {
-            (
-                v["version"].as_u64().unwrap(),
-                v["file_kept"].as_bool().unwrap(),
-            )
-        })
-        .collect();
+    // pruning follows the publication (in the background): wait for it
+    let mut kept: Vec<(u64, bool)> = Vec::new();
+    for _ in 0..50 {
+        let (_, v) = app.get_json("/v1/model/versions").await;
+        kept = v["versions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| {
+                (
+                    v["version"].as_u64().unwrap(),
+                    v["file_kept"].as_bool().unwrap(),
+                )
+            })
+            .collect();
+        if kept == vec![(3, true), (2, false), (1, false)] {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     assert_eq!(kept, vec![(3, true), (2, false), (1, false)]);
     let (s, v) = rollback(&app, json!({"version": 2})).await;
     assert_eq!((s, code(&v)), (409, "version_file_unavailable"), "{v}");
