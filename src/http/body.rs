@@ -61,7 +61,7 @@ impl<'de> Deserialize<'de> for RawId {
 pub const MAX_SAFE_INTEGER: f64 = 9_007_199_254_740_991.0;
 
 /// `v` as an integer when it is integral and within ±[`MAX_SAFE_INTEGER`].
-fn integral_f64(v: f64) -> Option<i64> {
+pub(crate) fn integral_f64(v: f64) -> Option<i64> {
     (v.fract() == 0.0 && v.abs() <= MAX_SAFE_INTEGER).then_some(v as i64)
 }
 

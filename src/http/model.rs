@@ -303,7 +303,13 @@ pub async fn rollback(
     State(st): State<AppState>,
     JsonBytes(body): JsonBytes,
 ) -> Result<Json<RollbackDone>, ApiError> {
-    let value = crate::http::body::parse_strict_json(&body)?;
+    let mut value = crate::http::body::parse_strict_json(&body)?;
+    // an integral float (`3.0`) is an integer to JSON Schema, so to this endpoint too
+    if let Some(v) = value.get_mut("version").filter(|v| v.is_f64()) {
+        if let Some(i) = v.as_f64().and_then(crate::http::body::integral_f64) {
+            *v = i.into();
+        }
+    }
     if !value.is_object() {
         return Err(ApiError::InvalidBody(
             "the body must be a JSON object: {\"version\": N}".into(),
