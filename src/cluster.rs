@@ -11,14 +11,16 @@
 //!   served one is loaded from the database, checked (length and SHA-256, then the
 //!   file's own CRC) and swapped in atomically; one that fails is skipped with a log
 //!   line and `funkrec_model_checksum_failures_total`. A train notification wakes the
-//!   worker (the elected one acts on it).
+//!   worker (the elected one acts on it). A forget notification (an item retired on
+//!   another replica) and every poll reload the retired items and forgotten users.
 //!
 //! On SQLite there is one process: it is the trainer, nothing is elected or followed.
 
 use crate::config::{ClusterRole, Settings};
+use crate::forget::Forgets;
 use crate::rated::RecentWrites;
 use crate::snapshot::{self, Serving, Snapshot};
-use crate::store::{FetchError, Store, StoreError, MODEL_CHANNEL, TRAIN_CHANNEL};
+use crate::store::{FetchError, Store, StoreError, FORGET_CHANNEL, MODEL_CHANNEL, TRAIN_CHANNEL};
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -215,6 +217,7 @@ impl ClusterTasks {
         store: Store,
         serving: Arc<Serving>,
         recent: Arc<RecentWrites>,
+        forgets: Arc<Forgets>,
         poll: Duration,
     ) -> ClusterTasks {
         let stop = CancellationToken::new();
@@ -229,6 +232,7 @@ impl ClusterTasks {
                 store,
                 serving,
                 recent,
+                forgets,
                 poll,
                 skipped: HashSet::new(),
             };
@@ -309,6 +313,7 @@ struct Follower {
     store: Store,
     serving: Arc<Serving>,
     recent: Arc<RecentWrites>,
+    forgets: Arc<Forgets>,
     poll: Duration,
     /// Versions that failed to load for good (corrupt, missing): not tried again.
     skipped: HashSet<u64>,
@@ -320,7 +325,11 @@ impl Follower {
         let mut listener = None;
         loop {
             if listener.is_none() {
-                match self.store.listen(&[MODEL_CHANNEL, TRAIN_CHANNEL]).await {
+                match self
+                    .store
+                    .listen(&[MODEL_CHANNEL, TRAIN_CHANNEL, FORGET_CHANNEL])
+                    .await
+                {
                     Ok(l) => listener = Some(l),
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot listen for notifications; polling")
@@ -346,6 +355,10 @@ impl Follower {
                     self.cluster.wake.notify_one();
                     continue;
                 }
+                Some(Ok((channel, _))) if channel == FORGET_CHANNEL => {
+                    self.reload_forgets().await;
+                    continue;
+                }
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "notifications interrupted; polling");
                     listener = None;
@@ -353,9 +366,19 @@ impl Follower {
                         break;
                     }
                 }
-                Some(Ok(_)) | None => {}
+                Some(Ok(_)) => {}
+                // a poll: also catch a missed forget notification
+                None => self.reload_forgets().await,
             }
             self.sync().await;
+        }
+    }
+
+    /// Reads the retired items and forgotten users again (another replica changed them).
+    async fn reload_forgets(&self) {
+        let version = self.serving.get().map_or(0, |s| s.version);
+        if let Err(e) = self.forgets.reload(&self.store, version).await {
+            tracing::debug!(error = %e, "reloading retired items and forgotten users");
         }
     }
 

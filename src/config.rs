@@ -95,6 +95,13 @@ pub struct TrainingSettings {
     /// The publish gate: a new model whose holdout RMSE is worse than the serving
     /// model's on the same holdout by more than this fraction is rejected.
     pub max_regression: f64,
+    /// A run that starts with no model serving stops at the first epoch end after this
+    /// many seconds (0 = no limit), publishes the best epoch so far, and a full run
+    /// follows at once.
+    pub first_model_secs: u64,
+    /// How much lower than the request threads' the training threads' CPU priority is
+    /// (a Linux nice increment, 0..=19; 0 = the same).
+    pub nice: i32,
 }
 
 /// What this process does when several share one PostgreSQL database (`[cluster]`).
@@ -262,6 +269,9 @@ impl Settings {
         if !(t.max_regression.is_finite() && t.max_regression >= 0.0) {
             bail!("training: max_regression must be finite and >= 0");
         }
+        if !(0..=19).contains(&t.nice) {
+            bail!("training: nice must be in 0..=19");
+        }
         if self.storage.max_connections == 0 || self.storage.keep_snapshots == 0 {
             bail!("storage: max_connections and keep_snapshots must be > 0");
         }
@@ -392,7 +402,16 @@ mod tests {
         assert_eq!(s.server.bind, "127.0.0.1:8080");
         assert_eq!(s.server.max_batch, 10_000);
         assert_eq!(s.storage.data_dir, PathBuf::from("./data"));
-        assert_eq!(s.model, Hyper::default());
+        // the engine's values, except `threads`: the service's 0 means one per core
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(s.model.threads, cores);
+        assert_eq!(
+            s.model,
+            Hyper {
+                threads: cores,
+                ..Hyper::default()
+            }
+        );
         assert!(s.database_url().starts_with("sqlite://"));
         assert!(s.database_url().ends_with("funkrec.db"));
     }

@@ -32,6 +32,15 @@ struct Forgotten {
     version: u64,
 }
 
+impl Forgotten {
+    /// Whether a snapshot of `version`, complete up to write number `since`, was
+    /// trained without the user's deleted ratings and replaces every version that may
+    /// hold their vector.
+    fn covered(&self, since: u64, version: u64) -> bool {
+        self.seq <= since && version > self.version
+    }
+}
+
 #[derive(Debug, Default)]
 struct RetiredSet {
     /// Changes with every retirement and reload (invalidates the masks).
@@ -112,10 +121,21 @@ impl Forgets {
         items.into_iter().find(|i| set.items.contains(*i))
     }
 
-    /// Whether `user`'s snapshot vector must be ignored.
-    pub fn is_forgotten(&self, user: &str) -> bool {
+    /// Whether `user`'s vector in `snap` must be ignored: the user was forgotten and
+    /// `snap` does not cover the deletion (the test of [`Forgets::covered_by`], so a
+    /// request that sees a new snapshot before its entries are dropped already uses it).
+    pub fn is_forgotten(&self, user: &str, snap: &Snapshot) -> bool {
         let map = self.forgotten.load();
-        !map.is_empty() && map.contains_key(user)
+        if map.is_empty() {
+            return false;
+        }
+        let Some(e) = map.get(user) else {
+            return false;
+        };
+        !snap
+            .rated
+            .get()
+            .is_some_and(|r| e.covered(r.since, snap.version))
     }
 
     /// Users forgotten and not yet covered by a served snapshot.
@@ -182,7 +202,7 @@ impl Forgets {
         };
         let _g = self.edit.lock().unwrap();
         let old = self.forgotten.load();
-        let covered = |e: &Forgotten| e.seq <= since && snap.version > e.version;
+        let covered = |e: &Forgotten| e.covered(since, snap.version);
         let gone: Vec<(String, i64)> = old
             .iter()
             .filter(|(_, e)| covered(e))

@@ -76,6 +76,7 @@ impl Application {
             store.clone(),
             serving.clone(),
             recent.clone(),
+            forgets.clone(),
             Duration::from_secs(settings.cluster.poll_secs),
         );
         tracing::info!(

@@ -798,3 +798,66 @@ async fn forget_and_retire(db: &TestDb) {
     assert_eq!(rows.ratings.len(), 1, "only v's rating of c");
     task.finish().await;
 }
+
+contract!(change_checks);
+/// Read-your-writes across replicas: which users changed after a training scan. Only
+/// PostgreSQL scans record a snapshot (SQLite: one process, its own record of the
+/// writes is exact), so on SQLite the scan has none and there is nothing to ask.
+async fn change_checks(db: &TestDb) {
+    let store = &db.store;
+    let (w, task) = db.writer();
+    let users: Vec<String> = (0..60).map(|u| format!("u{u}")).collect();
+    let first: Vec<NewRating> = users.iter().map(|u| rating(u, "a", 3.0, 1)).collect();
+    w.upsert(first).await.unwrap();
+    let rows = store.load_training_rows().await.unwrap();
+    let Some(snapshot) = rows.snapshot else {
+        assert_eq!(
+            db.backend,
+            Backend::Sqlite,
+            "a PostgreSQL scan records its snapshot"
+        );
+        task.finish().await;
+        return;
+    };
+    assert_eq!(db.backend, Backend::Postgres);
+    // after the scan: the even users rate again, u1 loses its rating, u3 rates in a
+    // transaction that is rolled back (a batch with a bad rating: nothing commits)
+    let again: Vec<NewRating> = users
+        .iter()
+        .step_by(2)
+        .map(|u| rating(u, "b", 4.0, 2))
+        .collect();
+    w.upsert(again).await.unwrap();
+    assert!(w.delete(uid("u1"), iid("a")).await.unwrap());
+    db.refuse_2_5().await;
+    assert!(w
+        .upsert(vec![rating("u3", "c", 1.0, 3), rating("u3", "d", 2.5, 3)])
+        .await
+        .is_err());
+    // asked all at once: the questions share queries, each gets its own answer
+    let answers = futures_util::future::join_all(
+        users
+            .iter()
+            .map(|u| async { store.changed_since(&uid(u), &snapshot).await.unwrap() }),
+    )
+    .await;
+    for (n, (u, answer)) in users.iter().zip(&answers).enumerate() {
+        let changed = n % 2 == 0 || n == 1;
+        assert_eq!(answer.is_some(), changed, "{u}: {answer:?}");
+    }
+    // one transaction wrote every even user: one transaction id
+    let evens: std::collections::HashSet<_> = answers.iter().step_by(2).collect();
+    assert_eq!(evens.len(), 1, "{evens:?}");
+    assert_ne!(answers[1], answers[0], "the delete is a later transaction");
+    // a later scan covers them all
+    let rows = store.load_training_rows().await.unwrap();
+    let later = rows.snapshot.unwrap();
+    for u in &users {
+        assert_eq!(
+            store.changed_since(&uid(u), &later).await.unwrap(),
+            None,
+            "{u}"
+        );
+    }
+    task.finish().await;
+}

@@ -52,6 +52,10 @@ pub struct Ready {
     pub model_loaded: bool,
     /// Version of the served snapshot.
     pub model_version: Option<u64>,
+    /// The served snapshot's index of each user's rated items is built (it is built in
+    /// the background after a snapshot is loaded; until then reads of known users ask
+    /// the store for what they rated). Reported, not required.
+    pub model_indexed: bool,
     /// `cluster.role`: `all`, `api` or `trainer`.
     pub role: String,
     /// This process trains now: it holds the trainer lock on PostgreSQL (on SQLite
@@ -66,6 +70,7 @@ struct Probe {
     writer_running: bool,
     worker_running: bool,
     model_version: Option<u64>,
+    model_indexed: bool,
     /// The latest failed write's error and age, when none committed since.
     write_failure: Option<(String, Duration)>,
     /// Free bytes in the data directory (or why they could not be read).
@@ -132,6 +137,7 @@ impl Probe {
                 disk_free_bytes: *self.disk_free.as_ref().unwrap_or(&0),
                 model_loaded: self.model_version.is_some(),
                 model_version: self.model_version,
+                model_indexed: self.model_indexed,
                 role: self.role,
                 trainer_lock: self.leader,
             }),
@@ -183,11 +189,13 @@ pub async fn readyz(State(st): State<AppState>) -> Result<Json<Ready>, ApiError>
         .map(|()| started.elapsed())
         .map_err(|e| e.to_string());
     let health = st.writer.health();
+    let serving = st.serving.get();
     let probe = Probe {
         database,
         writer_running: st.writer.is_running(),
         worker_running: !st.worker_loop.is_finished(),
-        model_version: st.serving.get().map(|s| s.version),
+        model_version: serving.as_ref().map(|s| s.version),
+        model_indexed: serving.as_ref().is_some_and(|s| s.rated.get().is_some()),
         write_failure: health.failing().map(|(e, age)| (e.to_owned(), age)),
         disk_free: fs4::available_space(&st.settings.storage.data_dir).map_err(|e| e.to_string()),
         min_free_bytes: st.settings.storage.min_free_bytes,
@@ -208,6 +216,7 @@ mod tests {
             writer_running: true,
             worker_running: true,
             model_version: Some(4),
+            model_indexed: true,
             write_failure: None,
             disk_free: Ok(1 << 30),
             min_free_bytes: 1 << 20,

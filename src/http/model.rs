@@ -63,6 +63,10 @@ pub struct ModelInfo {
     /// The run ended before `model.epochs` because the holdout RMSE stopped improving.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stopped_early: Option<bool>,
+    /// The run ended at `training.first_model_secs` (no model served when it started);
+    /// a full run follows it. Absent when false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cut_short: Option<bool>,
     /// The background worker.
     pub training: JobStatus,
 }
@@ -102,6 +106,7 @@ pub async fn get_model(State(st): State<AppState>) -> Json<ModelInfo> {
             epochs: None,
             best_epoch: None,
             stopped_early: None,
+            cut_short: None,
             training,
         });
     };
@@ -125,6 +130,7 @@ pub async fn get_model(State(st): State<AppState>) -> Json<ModelInfo> {
         epochs: Some(m.report.epochs.clone()),
         best_epoch: m.report.best_epoch,
         stopped_early: Some(m.report.stopped_early),
+        cut_short: m.report.cut_short.then_some(true),
         training,
     })
 }

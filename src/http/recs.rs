@@ -110,7 +110,7 @@ pub async fn prediction(
     let body = match st.serving.get() {
         Some(snap) => {
             let m = &snap.model;
-            let forgotten = st.forgets.is_forgotten(user.as_str());
+            let forgotten = st.forgets.is_forgotten(user.as_str(), &snap);
             let now =
                 foldin::user_now(&snap, &st.recent, &st.store, &user, false, forgotten).await?;
             // a retired item is served as one the model does not know
@@ -189,7 +189,7 @@ pub async fn recommendations(
     let (version, fallback, folded_in, items) = match st.serving.get() {
         Some(snap) => {
             let m = &snap.model;
-            let forgotten = st.forgets.is_forgotten(user.as_str());
+            let forgotten = st.forgets.is_forgotten(user.as_str(), &snap);
             let mut now =
                 foldin::user_now(&snap, &st.recent, &st.store, &user, true, forgotten).await?;
             // retired items are excluded like rated ones (one OR of the two bit sets)

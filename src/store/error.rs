@@ -2,7 +2,7 @@
 
 /// An error from the store. Handlers map [`StoreError::Unavailable`] to `503` (try
 /// again) and everything else to `500`; neither variant names the backend's types.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The database cannot be reached or is busy right now (connection refused or
     /// lost, pool exhausted, database locked, shutting down): the request may succeed

@@ -20,7 +20,8 @@ mod writer;
 pub use bulk::{ImportRow, ImportStats};
 pub use error::StoreError;
 pub use postgres::cluster::{
-    ClusterCounters, FetchError, TrainerLock, CHUNK_BYTES, MODEL_CHANNEL, TRAIN_CHANNEL,
+    ClusterCounters, FetchError, TrainerLock, CHUNK_BYTES, FORGET_CHANNEL, MODEL_CHANNEL,
+    TRAIN_CHANNEL,
 };
 pub use writer::{Writer, WriterTask};
 
@@ -68,7 +69,7 @@ pub struct TrainingRows {
 /// The database snapshot a training scan read in (PostgreSQL's `pg_current_snapshot()`,
 /// as text): [`Store::changed_since`] asks whether a user's ratings changed after it,
 /// on any replica.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ScanSnapshot(pub(crate) String);
 
 /// A row of the `model` table: metadata of one published snapshot.

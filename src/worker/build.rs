@@ -10,6 +10,16 @@ use funkrec_engine::EpochStats;
 use std::ops::ControlFlow;
 use std::sync::OnceLock;
 
+/// Why a run's epoch callback ends it early.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// Shutdown or lost leadership: the partial model is discarded.
+    Cancel,
+    /// The time budget is spent: the model (the best epoch so far, under early
+    /// stopping) is built and marked `cut_short`.
+    Budget,
+}
+
 /// A trained, unpublished snapshot and what the publish gate compares it with.
 #[derive(Debug)]
 pub struct Built {
@@ -23,15 +33,15 @@ pub struct Built {
 /// stopping on the holdout, holdout RMSE, top-N index) and returns it as snapshot
 /// `version`, complete up to write sequence number `since`, with the RMSE of
 /// `baseline` on the same holdout. Reads and writes nothing: publication is the
-/// caller's. `on_epoch` sees every epoch and can stop the run, which then returns
-/// `Ok(None)`.
+/// caller's. `on_epoch` sees every epoch and can end the run: [`Stop::Cancel`] returns
+/// `Ok(None)`, [`Stop::Budget`] builds the model trained so far.
 pub fn build_snapshot(
     rows: TrainingRows,
     settings: &Settings,
     version: u64,
     since: u64,
     baseline: Option<&funkrec_engine::Model>,
-    on_epoch: &mut dyn FnMut(&EpochStats) -> ControlFlow<()>,
+    on_epoch: &mut dyn FnMut(&EpochStats) -> ControlFlow<Stop>,
 ) -> Result<Option<Built>, funkrec_engine::EngineError> {
     let t = &settings.training;
     let n_total = rows.ratings.len() as u64;
@@ -52,18 +62,22 @@ pub fn build_snapshot(
     let scan_snapshot = rows.snapshot.clone();
     drop(rows);
     let validation = (!holdout.is_empty()).then_some(holdout.as_slice());
-    let mut stopped = false;
-    let mut callback = |e: &EpochStats| {
-        let flow = on_epoch(e);
-        stopped |= flow.is_break();
-        flow
+    let mut stopped = None;
+    let mut callback = |e: &EpochStats| match on_epoch(e) {
+        ControlFlow::Continue(()) => ControlFlow::Continue(()),
+        ControlFlow::Break(why) => {
+            stopped = Some(why);
+            ControlFlow::Break(())
+        }
     };
     // In place: no second copy of the ratings (1.2 GB at Netflix size).
-    let model =
+    let mut model =
         funkrec_engine::train_in_place(&mut data, &settings.model, validation, &mut callback)?;
     drop(data);
-    if stopped {
-        return Ok(None);
+    match stopped {
+        Some(Stop::Cancel) => return Ok(None),
+        Some(Stop::Budget) => model.report.cut_short = true,
+        None => {}
     }
     let holdout_rmse = validation.map(|v| funkrec_engine::train::rmse_of(&model, v));
     let snapshot = Snapshot {
@@ -179,7 +193,7 @@ mod tests {
         let out = build_snapshot(rows(), &settings(), 1, 0, None, &mut |e| {
             seen = e.epoch;
             if e.epoch == 2 {
-                ControlFlow::Break(())
+                ControlFlow::Break(Stop::Cancel)
             } else {
                 ControlFlow::Continue(())
             }
@@ -187,5 +201,30 @@ mod tests {
         .unwrap();
         assert!(out.is_none());
         assert_eq!(seen, 2, "stopped at the epoch that asked");
+    }
+
+    #[test]
+    fn a_run_out_of_time_builds_what_it_has() {
+        let mut s = settings();
+        s.model.patience = 100; // keeps the best epoch, never stops by itself
+        let built = build_snapshot(rows(), &s, 1, 0, None, &mut |e| {
+            if e.epoch == 3 {
+                ControlFlow::Break(Stop::Budget)
+            } else {
+                ControlFlow::Continue(())
+            }
+        })
+        .unwrap()
+        .expect("a budget keeps the model");
+        let report = &built.snapshot.model.report;
+        assert!(report.cut_short);
+        assert!(!report.stopped_early);
+        assert_eq!(report.epochs.len(), 3);
+        assert!(
+            report.best_epoch.is_some_and(|b| b <= 3),
+            "{:?}",
+            report.best_epoch
+        );
+        assert!(built.snapshot.holdout_rmse.is_some());
     }
 }

@@ -3,8 +3,9 @@
 mod build;
 mod cluster;
 mod dataset;
+mod thread;
 
-pub use build::{build_snapshot, Built};
+pub use build::{build_snapshot, Built, Stop};
 pub use dataset::{is_held_out, split, split_for};
 
 use crate::cluster::Cluster;
@@ -379,6 +380,7 @@ impl Worker {
     #[tracing::instrument(skip_all, fields(version))]
     async fn train_and_publish(&self) -> anyhow::Result<RunOutcome> {
         let inner = self.inner.clone();
+        let started = Instant::now();
         // Before the read: every commit numbered after this may be missing from the rows.
         let since = inner.recent.seq();
         let rows = inner.store.load_training_rows().await?;
@@ -397,12 +399,20 @@ impl Worker {
         // the leadership this run belongs to: losing it cancels the run
         let term = inner.cluster.term();
         let term_ = term.clone();
-        let built = tokio::task::spawn_blocking(move || {
+        // With no model serving, a run has a time budget (a first model in minutes on
+        // a large store; a full run follows).
+        let budget = inner.settings.training.first_model_secs;
+        let deadline =
+            (baseline.is_none() && budget > 0).then(|| started + Duration::from_secs(budget));
+        let nice = inner.settings.training.nice;
+        let built = thread::run(nice, move || {
             let inner = &worker.inner;
             let mut on_epoch = |e: &funkrec_engine::EpochStats| {
                 inner.status.send_modify(|s| s.epoch = Some(e.epoch));
                 if inner.cancel.is_cancelled() || term_.is_cancelled() {
-                    ControlFlow::Break(())
+                    ControlFlow::Break(Stop::Cancel)
+                } else if deadline.is_some_and(|d| Instant::now() >= d) {
+                    ControlFlow::Break(Stop::Budget)
                 } else {
                     ControlFlow::Continue(())
                 }
@@ -428,7 +438,18 @@ impl Worker {
             self.reject(&built.snapshot, &reason).await?;
             return Ok(RunOutcome::Rejected { version, reason });
         }
+        let cut_short = built.snapshot.model.report.cut_short;
         self.publish(built.snapshot).await?;
+        if cut_short {
+            tracing::info!(
+                version,
+                budget_secs = budget,
+                "first model published at its time budget; a full run follows"
+            );
+            if let Err(e) = self.request_anywhere().await {
+                tracing::warn!(error = %e, "could not ask for the full run");
+            }
+        }
         Ok(RunOutcome::Published(version))
     }
 

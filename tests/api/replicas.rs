@@ -29,12 +29,12 @@ async fn rate(app: &TestApp, user: &str, item: &str, rating: f64) {
 }
 
 async fn delete(app: &TestApp, user: &str, item: &str) {
-    let r = app
-        .client
-        .delete(app.url(&format!("/v1/users/{user}/ratings/{item}")))
-        .send()
-        .await
-        .unwrap();
+    delete_at(app, &format!("/v1/users/{user}/ratings/{item}")).await;
+}
+
+/// `DELETE path`, which must answer 204.
+async fn delete_at(app: &TestApp, path: &str) {
+    let r = app.client.delete(app.url(path)).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 204, "{:?}", r.text().await);
 }
 
@@ -61,8 +61,16 @@ async fn a_write_on_one_replica_is_reflected_by_another_at_once() {
     let version = b.train().await;
     // B may have loaded the model from the database (another process trained it): its
     // rated-items index is then built by a background scan, which must come before the
-    // writes below for them to count as changes after B's snapshot
-    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    // writes below for them to count as changes after B's snapshot: /readyz says when
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (s, v) = b.get_json("/readyz").await;
+        if s == 200 && v["model_version"] == json!(version) && v["model_indexed"] == json!(true) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "B never indexed: {v}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 
     // u0 has 5 unrated items; B recommends exactly those, from the snapshot.
     let unrated: Vec<String> = (0..20)
@@ -138,6 +146,29 @@ async fn a_write_on_one_replica_is_reflected_by_another_at_once() {
     let (after, folded) = recs(&b, "u0").await;
     assert!(!folded, "u0 has not changed since the new scan");
     assert!(!after.contains(&x), "{after:?}");
+
+    // An item retired through A: B stops recommending it without a retrain or a restart
+    // (a notification; B's poll, every 10 s, would be the fallback).
+    let retired = after[0].clone();
+    delete_at(&a, &format!("/v1/items/{retired}")).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let (now, _) = recs(&b, "u0").await;
+        if !now.contains(&retired) {
+            assert_eq!(now.len(), after.len() - 1, "{now:?}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "B still serves {retired}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let (s, v) = b
+        .get_json(&format!("/v1/items/{}/similar?n=100", after[1]))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert!(!v.to_string().contains(&format!("\"{retired}\"")), "{v}");
 
     a.stop().await;
     b.stop().await;

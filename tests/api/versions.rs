@@ -296,3 +296,39 @@ async fn versions_and_rollback_need_the_admin_role() {
     }
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_model_out_of_time_is_published_and_a_full_run_follows() {
+    let app = spawn_app_with(|s| {
+        s.training.first_model_secs = 1;
+        // far more epochs than fit in a second, even in a release build
+        s.model.epochs = 100_000;
+        s.model.factors = 64;
+        s.model.patience = 100_000; // keeps the best epoch, never stops by itself
+    })
+    .await;
+    app.post_ratings(&planted()).await;
+    let started = std::time::Instant::now();
+    assert_eq!(app.train().await, 1);
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    let (s, m) = app.get_json("/v1/model").await;
+    assert_eq!(s, 200, "{m}");
+    assert_eq!(m["cut_short"], json!(true), "{m}");
+    let ran = m["epochs"].as_array().unwrap().len();
+    assert!((1..100_000).contains(&ran), "{ran} epochs");
+    let best = m["best_epoch"].as_u64().unwrap() as usize;
+    assert!(best <= ran, "best epoch {best} of {ran}");
+    // A model serves now, so the full run that follows has no budget: it is running
+    // (nothing else asks for one: the retrain triggers are off in these tests).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (_, v) = app.get_json("/v1/model").await;
+        if v["training"]["running"] == json!(true) && v["training"]["epoch"].as_u64() > Some(0) {
+            assert_eq!(v["version"], json!(1));
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no full run: {v}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    app.stop().await;
+}

@@ -41,6 +41,10 @@ pub struct TrainReport {
     /// for `patience` epochs.
     #[serde(default)]
     pub stopped_early: bool,
+    /// The caller ended the run before `epochs` (e.g. the service's time budget for a
+    /// first model); with early stopping the model holds the best epoch so far.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cut_short: bool,
 }
 
 impl TrainReport {

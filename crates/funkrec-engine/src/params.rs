@@ -186,7 +186,14 @@ impl Hyper {
                 ..sgd
             },
             // Tuned on MovieLens 100K u1–u5 (docs/accuracy.md, SVD++).
-            TrainerKind::Svdpp => Hyper { trainer, ..sgd },
+            TrainerKind::Svdpp => Hyper {
+                trainer,
+                factors: 500,
+                reg: 0.11,
+                reg_bias: 0.005,
+                lr_decay: 0.95,
+                ..sgd
+            },
         }
     }
 

@@ -21,6 +21,9 @@ pub const CHUNK_BYTES: usize = 1 << 20;
 pub const MODEL_CHANNEL: &str = "funkrec_model";
 /// Channel notified on every `POST /v1/model/train` (any replica).
 pub const TRAIN_CHANNEL: &str = "funkrec_train";
+/// Channel of "the retired items or forgotten users changed" (payload: the item id),
+/// sent in the transaction that retires an item; replicas reload their sets.
+pub const FORGET_CHANNEL: &str = "funkrec_forget";
 /// The advisory lock key of the trainer election ("funkrec" in ASCII).
 const TRAINER_LOCK: i64 = 0x0066_756e_6b72_6563;
 

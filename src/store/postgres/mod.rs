@@ -1,6 +1,7 @@
 //! The PostgreSQL backend: connection pool, migrations from `migrations/postgres` and the read queries (writer, scan and import in submodules).
 
 mod bulk;
+mod changes;
 pub(crate) mod cluster;
 mod scan;
 pub(super) mod writer;
@@ -27,6 +28,8 @@ pub(crate) struct PgStore {
     /// `storage.check_user_changes`: training scans record their snapshot, so that
     /// readers can ask which users changed since (`changed_since`).
     check_changes: bool,
+    /// Batches the `changed_since` questions of concurrent requests.
+    changes: changes::ChangeChecks,
 }
 
 impl PgStore {
@@ -58,9 +61,11 @@ impl PgStore {
             .run(&pool)
             .await
             .context("applying database migrations")?;
+        let changes = changes::ChangeChecks::spawn(pool.clone(), max_connections as usize / 2);
         Ok(PgStore {
             pool,
             check_changes: true,
+            changes,
         })
     }
 
@@ -72,22 +77,14 @@ impl PgStore {
 
     /// The id of the latest transaction that changed `user`'s ratings, if it is not
     /// visible in `snapshot` (committed after the scan, or in progress during it); None
-    /// when every change of the user is in the scan. One primary-key probe (the
-    /// statement is prepared once per connection).
+    /// when every change of the user is in the scan. Concurrent questions share one
+    /// query (one primary-key probe per user, [`changes`]).
     pub(crate) async fn changed_since(
         &self,
         user: &UserId,
         snapshot: &ScanSnapshot,
     ) -> Result<Option<u64>, StoreError> {
-        let xid: Option<i64> = sqlx::query_scalar(
-            "SELECT xid::text::int8 FROM user_changes \
-             WHERE ext_id = $1 AND NOT pg_visible_in_snapshot(xid, $2::text::pg_snapshot)",
-        )
-        .bind(user.as_str())
-        .bind(&snapshot.0)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(xid.map(|x| x as u64))
+        self.changes.ask(user.as_str(), snapshot).await
     }
 
     pub(crate) fn pool(&self) -> &PgPool {

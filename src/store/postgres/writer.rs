@@ -96,17 +96,9 @@ async fn commit_group(
         }
         Err(e) => {
             tracing::warn!(error = %e, requests = group.len(), "group commit failed");
-            let results = group.iter().map(|_| Err(copy_error(&e))).collect();
+            let results = group.iter().map(|_| Err(e.clone())).collect();
             answer(recent, group, results);
         }
-    }
-}
-
-fn copy_error(e: &StoreError) -> StoreError {
-    match e {
-        StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
-        StoreError::Closed => StoreError::Closed,
-        StoreError::Internal(m) => StoreError::Internal(m.clone()),
     }
 }
 
@@ -212,6 +204,12 @@ async fn run_jobs(
                 sqlx::query(RETIRE_ROW)
                     .bind(item.as_str())
                     .bind(at)
+                    .execute(&mut *tx)
+                    .await?;
+                // delivered at COMMIT: the other replicas stop serving the item too
+                sqlx::query("SELECT pg_notify($1, $2)")
+                    .bind(super::cluster::FORGET_CHANNEL)
+                    .bind(item.as_str())
                     .execute(&mut *tx)
                     .await?;
                 results.push(true);
