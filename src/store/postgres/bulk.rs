@@ -14,6 +14,9 @@ use sqlx::{Connection, PgPool};
 const ROWS_PER_TRANSACTION: u64 = 1_000_000;
 /// COPY data sent per message.
 const SEND_BYTES: usize = 1 << 20;
+/// Memory for the sorts and hashes of one import transaction (`SET LOCAL`: this
+/// transaction only).
+const WORK_MEM: &str = "SET LOCAL work_mem = '256MB'";
 /// Progress is reported every this many rows.
 const PROGRESS_ROWS: u64 = 1 << 16;
 
@@ -71,6 +74,9 @@ where
     let mut rows = rows.peekable();
     while rows.peek().is_some() {
         let mut tx = conn.begin().await?;
+        // the merge sorts a million rows and the id inserts group them: in memory, not in
+        // temporary files (the default work_mem is 4 MB)
+        sqlx::query(WORK_MEM).execute(&mut *tx).await?;
         sqlx::query(STAGE).execute(&mut *tx).await?;
         let mut copy = tx
             .copy_in_raw("COPY import_stage FROM STDIN (FORMAT binary)")
