@@ -176,6 +176,20 @@ impl Worker {
                 Ok(false) => {}
                 Err(e) => tracing::warn!(error = %e, "could not read the store at start"),
             }
+        } else if !worker.inner.cluster.shared()
+            && worker.inner.settings.training.train_on_start
+            && worker
+                .inner
+                .serving
+                .get()
+                .is_some_and(|s| s.model.report.cut_short)
+        {
+            // the full run that follows a first model cut short by its time budget had not
+            // published before the restart
+            tracing::info!(
+                "the loaded model was cut short by its time budget: training the full model"
+            );
+            worker.request();
         }
         let w = worker.clone();
         let join = tokio::spawn(async move { w.run_loop().await });

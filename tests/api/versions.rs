@@ -297,16 +297,32 @@ async fn versions_and_rollback_need_the_admin_role() {
     app.stop().await;
 }
 
+/// A first model cut short after 1 s: far more epochs than fit in a second, even in a
+/// release build; early stopping keeps the best epoch and never stops by itself.
+fn short_budget(s: &mut funkrec::config::Settings) {
+    s.training.first_model_secs = 1;
+    s.model.epochs = 100_000;
+    s.model.factors = 64;
+    s.model.patience = 100_000;
+}
+
+/// Waits until `app` runs a training run that has finished an epoch, serving `version`.
+async fn wait_for_run(app: &TestApp, version: u64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (_, v) = app.get_json("/v1/model").await;
+        if v["training"]["running"] == json!(true) && v["training"]["epoch"].as_u64() > Some(0) {
+            assert_eq!(v["version"], json!(version));
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "no full run: {v}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_first_model_out_of_time_is_published_and_a_full_run_follows() {
-    let app = spawn_app_with(|s| {
-        s.training.first_model_secs = 1;
-        // far more epochs than fit in a second, even in a release build
-        s.model.epochs = 100_000;
-        s.model.factors = 64;
-        s.model.patience = 100_000; // keeps the best epoch, never stops by itself
-    })
-    .await;
+    let app = spawn_app_with(short_budget).await;
     app.post_ratings(&planted()).await;
     let started = std::time::Instant::now();
     assert_eq!(app.train().await, 1);
@@ -320,15 +336,13 @@ async fn a_first_model_out_of_time_is_published_and_a_full_run_follows() {
     assert!(best <= ran, "best epoch {best} of {ran}");
     // A model serves now, so the full run that follows has no budget: it is running
     // (nothing else asks for one: the retrain triggers are off in these tests).
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let (_, v) = app.get_json("/v1/model").await;
-        if v["training"]["running"] == json!(true) && v["training"]["epoch"].as_u64() > Some(0) {
-            assert_eq!(v["version"], json!(1));
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "no full run: {v}");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    wait_for_run(&app, 1).await;
+    // Stopped before the full run published: a restart serves the cut-short model and
+    // trains the full one at once.
+    let tmp = app.tmp.clone();
+    app.stop().await;
+    let app = spawn_app_in(tmp, short_budget).await;
+    assert_eq!(app.model_version().await, Some(1));
+    wait_for_run(&app, 1).await;
     app.stop().await;
 }
