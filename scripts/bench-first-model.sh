@@ -6,8 +6,8 @@
 #
 # STORE_DIR holds funkrec.db (e.g. from `funkrec import`); it is copied to a scratch
 # directory first, so every run starts from the same store. A PostgreSQL store:
-# FUNKREC__STORAGE__DATABASE_URL=postgres://... (then STORE_DIR only holds nothing
-# and the database is used as it is; start each run from a fresh database).
+# FUNKREC__STORAGE__DATABASE_URL=postgres://... (then nothing is copied: STORE_DIR may
+# be any directory and the database is used as it is; start each run from a fresh one).
 # Prints one JSON line: seconds to the first model, the training report
 # (train_seconds, holdout_rmse, best_epoch, stopped_early, epochs run), the process's
 # peak RSS, and the overrides; BENCH_MODEL_JSON=FILE also keeps GET /v1/model's answer
@@ -56,12 +56,13 @@ end=$(date +%s.%N)
 # wait for the full run's model (the next version) and report it on a second line.
 full=
 if [[ "${BENCH_FULL:-0}" == 1 && "$body" == *'"cut_short":true'* ]]; then
+  first_version=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["version"])' <<<"$body")
   while true; do
     kill -0 "$PID" 2>/dev/null || { echo "funkrec exited during the full run" >&2; exit 1; }
     hwm=$(awk '/VmHWM/ {print $2}' "/proc/$PID/status" 2>/dev/null || echo 0)
     (( hwm > peak )) && peak=$hwm
     full=$(curl -fsS "http://127.0.0.1:$PORT/v1/model" 2>/dev/null || true)
-    [[ "$full" == *'"version":'[0-9]* && "$full" != *'"version":1,'* ]] && break
+    [[ "$full" == *'"version":'[0-9]* && "$full" != *"\"version\":$first_version,"* ]] && break
     sleep 1
   done
   full_end=$(date +%s.%N)
@@ -72,7 +73,7 @@ report() {
 python3 - "$@" <<'EOF'
 import json, sys
 label, start, end, peak_kb, overrides, body = sys.argv[1:]
-m = json.loads(body)
+m = json.load(open(body))  # a file: a long run's epoch curve is too long for argv
 print(json.dumps({
     "label": label,
     "version": m.get("version"),
@@ -91,7 +92,9 @@ print(json.dumps({
 }))
 EOF
 }
-report "$LABEL" "$start" "$end" "$peak" "$overrides" "$body"
+printf '%s\n' "$body" >"$SCRATCH/first.json"
+report "$LABEL" "$start" "$end" "$peak" "$overrides" "$SCRATCH/first.json"
 if [[ -n "$full" ]]; then
-  report "$LABEL" "$start" "$full_end" "$peak" "$overrides" "$full"
+  printf '%s\n' "$full" >"$SCRATCH/full.json"
+  report "$LABEL" "$start" "$full_end" "$peak" "$overrides" "$SCRATCH/full.json"
 fi
