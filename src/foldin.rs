@@ -216,15 +216,18 @@ fn local_plan(
     forgotten: bool,
     need_rated: bool,
 ) -> Option<Plan> {
-    let m = &snap.model;
-    let last = recent.last_change(name, r.since)?;
-    let bits = match need_rated {
-        true => rated::rated_now(m, &r.index, r.since, recent, name, known)?,
-        false => FixedBitSet::new(),
-    };
-    Some(match last {
-        Some(seq) => Plan::Fold(seq, Some(bits)),
-        None => unchanged(r, name, known, forgotten, bits),
+    // A changed user's rated items come with the fold (cached with it, or read from
+    // the store with the ratings it folds), so nothing is rebuilt from the recent
+    // writes on this path.
+    Some(match recent.last_change(name, r.since)? {
+        Some(seq) => Plan::Fold(seq, None),
+        None => {
+            let bits = match need_rated {
+                true => rated::item_bits(&snap.model, r.index.items(name, known)),
+                false => FixedBitSet::new(),
+            };
+            unchanged(r, name, known, forgotten, bits)
+        }
     })
 }
 

@@ -1,5 +1,11 @@
 //! glibc malloc tuning for the server: hand memory freed by a training run back to the OS.
 //!
+//! The `funkrec` binary allocates through mimalloc (`src/main.rs`), which returns
+//! freed pages to the OS by itself; glibc's malloc still serves what C code
+//! allocates (SQLite's page caches and statements) and any program that links the
+//! library without setting an allocator (the tests, `examples/`). This module keeps
+//! that part in check.
+//!
 //! A training run allocates and frees megabytes at a time (the ratings read
 //! from the store, the training set, the new model's factor matrices, the
 //! file buffer) and publishing drops the previous snapshot's matrices. glibc

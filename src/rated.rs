@@ -134,13 +134,21 @@ struct Entry {
     rated: bool,
 }
 
+/// One user's recorded operations, by item, and the largest sequence number among
+/// them (what a request asks first: did this user change since the snapshot?).
+#[derive(Debug, Default)]
+struct UserWrites {
+    last: u64,
+    items: foldhash::HashMap<String, Entry>,
+}
+
 #[derive(Debug, Default)]
 struct Inner {
     seq: u64,
     floor: u64,
     len: usize,
     /// foldhash (seeded per process): these hashes are on the write path.
-    by_user: foldhash::HashMap<String, foldhash::HashMap<String, Entry>>,
+    by_user: foldhash::HashMap<String, UserWrites>,
     /// Ring of (Unix minute, ratings written in it), slot = minute % [`MINUTES`].
     minutes: Vec<(u64, u64)>,
 }
@@ -204,10 +212,12 @@ impl RecentWrites {
         let Inner { len, by_user, .. } = &mut *g;
         for (user, item) in pairs {
             n += 1;
-            let items = match by_user.get_mut(user) {
+            let writes = match by_user.get_mut(user) {
                 Some(m) => m,
                 None => by_user.entry(user.to_owned()).or_default(),
             };
+            writes.last = seq;
+            let items = &mut writes.items;
             match items.get_mut(item) {
                 Some(e) => *e = Entry { seq, rated },
                 None => {
@@ -269,11 +279,12 @@ impl RecentWrites {
         }
         g.floor = since;
         let mut removed = 0;
-        g.by_user.retain(|_, items| {
-            let before = items.len();
-            items.retain(|_, e| e.seq > since);
-            removed += before - items.len();
-            !items.is_empty()
+        // `last` stays right: if any entry is left, the latest one is
+        g.by_user.retain(|_, w| {
+            let before = w.items.len();
+            w.items.retain(|_, e| e.seq > since);
+            removed += before - w.items.len();
+            !w.items.is_empty()
         });
         g.len -= removed;
     }
@@ -285,11 +296,7 @@ impl RecentWrites {
         if since < g.floor {
             return None;
         }
-        let last = g
-            .by_user
-            .get(user)
-            .and_then(|items| items.values().map(|e| e.seq).filter(|&s| s > since).max());
-        Some(last)
+        Some(g.by_user.get(user).map(|w| w.last).filter(|&s| s > since))
     }
 
     /// Calls `apply(item, rated)` for the user's latest operation on each pair recorded
@@ -300,8 +307,8 @@ impl RecentWrites {
         if since < g.floor {
             return false;
         }
-        if let Some(items) = g.by_user.get(user) {
-            for (item, e) in items {
+        if let Some(w) = g.by_user.get(user) {
+            for (item, e) in &w.items {
                 if e.seq > since {
                     apply(item, e.rated);
                 }

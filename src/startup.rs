@@ -3,7 +3,7 @@
 use crate::cluster::{Cluster, ClusterTasks};
 use crate::config::Settings;
 use crate::fdlimit;
-use crate::http::{self, AppState};
+use crate::http::{self, AppContext, AppState};
 use crate::metrics::Metrics;
 use crate::rated::RecentWrites;
 use crate::snapshot::{self, Serving};
@@ -84,7 +84,7 @@ impl Application {
             backend = store.backend_name(),
             "cluster role"
         );
-        let state = AppState {
+        let state = AppState::new(AppContext {
             settings,
             store,
             writer,
@@ -95,7 +95,7 @@ impl Application {
             worker_loop: worker_task.abort_handle(),
             metrics: Arc::new(Metrics::new()),
             cluster,
-        };
+        });
         Ok(Application {
             listener,
             addr,

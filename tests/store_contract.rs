@@ -690,6 +690,56 @@ async fn import(db: &TestDb) {
     assert_eq!(scan.ratings.len(), 3);
 }
 
+contract!(import_many_users_and_shared_new_items);
+/// Many users (on PostgreSQL spread over the import's parallel streams), each rating
+/// the same new items in its own order, with repeated pairs: every stream inserts
+/// the shared items without a deadlock, the later row of a pair wins, and every
+/// user's ratings and the counts come out as on one stream.
+async fn import_many_users_and_shared_new_items(db: &TestDb) {
+    let store = &db.store;
+    let (users, items) = (60usize, 12usize);
+    let mut rows = Vec::new();
+    for u in 0..users {
+        for k in 0..items {
+            let i = (k * 7 + u) % items; // a different item order per user
+            rows.push((format!("user{u}"), format!("item{i}"), 1.0, 1));
+        }
+        // a second row for one pair of each user: the later one wins
+        rows.push((format!("user{u}"), format!("item{}", u % items), 5.0, 2));
+    }
+    let n = rows.len() as u64;
+    let stats = store
+        .bulk_import(
+            rows.iter()
+                .map(|(u, i, r, t)| import_row(u, i, *r, *t))
+                .collect::<Vec<_>>()
+                .into_iter(),
+            &mut |_| {},
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (stats.rows, stats.new_users, stats.new_items),
+        (n, users as u64, items as u64)
+    );
+    assert_eq!(store.count_ratings().await.unwrap(), (users * items) as u64);
+    for u in [0, 1, users / 2, users - 1] {
+        let got = all_of(store, &format!("user{u}")).await;
+        assert_eq!(got.len(), items, "user{u}");
+        for (item, rating, ts) in got {
+            let later = item == format!("item{}", u % items);
+            assert_eq!(
+                (rating, ts),
+                if later { (5.0, 2) } else { (1.0, 1) },
+                "user{u} {item}"
+            );
+        }
+    }
+    let scan = store.load_training_rows().await.unwrap();
+    assert_eq!(scan.ratings.len(), users * items);
+    assert_eq!((scan.users.len(), scan.items.len()), (users, items));
+}
+
 contract!(import_input_error_keeps_nothing_of_its_transaction);
 async fn import_input_error_keeps_nothing_of_its_transaction(db: &TestDb) {
     let store = &db.store;

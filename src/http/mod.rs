@@ -14,6 +14,7 @@ mod model;
 pub mod openapi;
 mod ratings;
 mod recs;
+mod request_id;
 pub mod serve;
 
 use crate::config::Settings;
@@ -37,13 +38,30 @@ use tower::load_shed::LoadShedLayer;
 use tower::{BoxError, ServiceBuilder};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::limit::RequestBodyLimitLayer;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 
-/// What every handler can reach. The model is read lock-free through `serving`.
+/// What every handler can reach: one `Arc`, so the per-request clones (the state
+/// extractor, the auth middleware) are one reference count, not one per field.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<AppContext>);
+
+impl AppState {
+    pub fn new(ctx: AppContext) -> Self {
+        Self(Arc::new(ctx))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = AppContext;
+    fn deref(&self) -> &AppContext {
+        &self.0
+    }
+}
+
+/// The shared parts behind [`AppState`]. The model is read lock-free through `serving`.
+pub struct AppContext {
     pub settings: Arc<Settings>,
     pub store: Store,
     /// All rating writes and deletes go through the group-commit writer.
@@ -61,7 +79,7 @@ pub struct AppState {
     pub cluster: Arc<crate::cluster::Cluster>,
 }
 
-impl AppState {
+impl AppContext {
     /// `n` from the query: default when absent, `invalid_query` outside 1..=max_n.
     fn n(&self, n: Option<usize>) -> Result<usize, ApiError> {
         let s = &self.settings.server;
@@ -189,7 +207,9 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(
             ServiceBuilder::new()
-                .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+                .layer(SetRequestIdLayer::x_request_id(
+                    request_id::MakeRequestUuidV4,
+                ))
                 .layer(
                     // Records method, URI and request id only: never request
                     // headers (Authorization carries the API key).

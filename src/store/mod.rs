@@ -13,6 +13,7 @@ mod error;
 mod keys;
 mod lock;
 mod postgres;
+mod reader;
 mod scan;
 mod sqlite;
 mod writer;
@@ -40,7 +41,8 @@ pub struct Store {
 /// The database behind a [`Store`].
 #[derive(Clone, Debug)]
 enum Backend {
-    Sqlite(SqlitePool),
+    /// The pool, and the blocking readers of the serving path's point reads.
+    Sqlite(SqlitePool, std::sync::Arc<reader::Readers>),
     Postgres(postgres::PgStore),
 }
 
@@ -119,7 +121,9 @@ impl Store {
             )
         } else {
             std::fs::create_dir_all(&settings.storage.data_dir)?;
-            Backend::Sqlite(sqlite::connect(&url, settings.storage.max_connections).await?)
+            let pool = sqlite::connect(&url, settings.storage.max_connections).await?;
+            let path = pool.connect_options().get_filename().to_owned();
+            Backend::Sqlite(pool, reader::Readers::new(path))
         };
         Ok(Store { backend })
     }
@@ -127,7 +131,7 @@ impl Store {
     /// Which backend runs: `"sqlite"` or `"postgres"` (for logs, metrics and readiness).
     pub fn backend_name(&self) -> &'static str {
         match &self.backend {
-            Backend::Sqlite(_) => "sqlite",
+            Backend::Sqlite(..) => "sqlite",
             Backend::Postgres(_) => "postgres",
         }
     }
@@ -135,7 +139,7 @@ impl Store {
     /// The SQLite pool, or the PostgreSQL store (the caller runs its own SQL for that).
     fn sqlite(&self) -> Result<&SqlitePool, &postgres::PgStore> {
         match &self.backend {
-            Backend::Sqlite(pool) => Ok(pool),
+            Backend::Sqlite(pool, _) => Ok(pool),
             Backend::Postgres(pg) => Err(pg),
         }
     }
@@ -151,7 +155,7 @@ impl Store {
     /// Closes the pool (waits for connections to be returned).
     pub async fn close(&self) {
         match &self.backend {
-            Backend::Sqlite(pool) => pool.close().await,
+            Backend::Sqlite(pool, _) => pool.close().await,
             Backend::Postgres(pg) => pg.close().await,
         }
     }
@@ -237,22 +241,25 @@ impl Store {
     /// Every rating of the user as of now, (item id, rating): what fold-in solves from.
     #[tracing::instrument(level = "debug", skip_all, fields(user = user.as_str(), items = Empty))]
     pub async fn user_ratings(&self, user: &UserId) -> Result<Vec<(String, f32)>, StoreError> {
-        let pool = match self.sqlite() {
-            Ok(pool) => pool,
-            Err(pg) => return pg.user_ratings(user).await,
+        let readers = match &self.backend {
+            Backend::Sqlite(_, readers) => readers,
+            Backend::Postgres(pg) => return pg.user_ratings(user).await,
         };
-        let Some(key) = self.user_key(pool, user).await? else {
-            return Ok(Vec::new());
-        };
-        let rows: Vec<(String, f64)> = sqlx::query_as(
-            "SELECT i.ext_id, r.rating FROM ratings_now r JOIN items i ON i.id = r.item_id \
-             WHERE r.user_id = ?",
-        )
-        .bind(key)
-        .fetch_all(pool)
-        .await?;
+        let user = user.as_str().to_owned();
+        let rows = readers
+            .run(move |conn| {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT i.ext_id, r.rating FROM ratings_now r JOIN items i ON i.id = r.item_id \
+                     WHERE r.user_id = (SELECT id FROM users WHERE ext_id = ?1)",
+                )?;
+                let rows = stmt.query_map([&user], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, f64>(1)? as f32))
+                })?;
+                rows.collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .await?;
         tracing::Span::current().record("items", rows.len());
-        Ok(rows.into_iter().map(|(i, r)| (i, r as f32)).collect())
+        Ok(rows)
     }
 
     /// The damped mean (s_i + m·μ)/(n_i + m), m = 10, of an item as of now, or the
@@ -348,7 +355,7 @@ impl Store {
     #[tracing::instrument(skip_all, fields(users = Empty, items = Empty, ratings = Empty))]
     pub async fn load_training_rows(&self) -> anyhow::Result<TrainingRows> {
         let rows = match &self.backend {
-            Backend::Sqlite(pool) => {
+            Backend::Sqlite(pool, _) => {
                 let path = pool.connect_options().get_filename().to_owned();
                 tokio::task::spawn_blocking(move || scan::training_rows(&path)).await??
             }
@@ -373,7 +380,7 @@ impl Store {
         snapshot: &ScanSnapshot,
     ) -> Result<Option<u64>, StoreError> {
         match &self.backend {
-            Backend::Sqlite(_) => Ok(None),
+            Backend::Sqlite(..) => Ok(None),
             Backend::Postgres(pg) => pg.changed_since(user, snapshot).await,
         }
     }
@@ -534,7 +541,7 @@ impl Store {
         I: Iterator<Item = anyhow::Result<ImportRow>>,
     {
         let stats = match &self.backend {
-            Backend::Sqlite(pool) => {
+            Backend::Sqlite(pool, _) => {
                 let path = pool.connect_options().get_filename().to_owned();
                 let _lock = lock::StoreLock::for_import(&path)?;
                 bulk::import(pool, rows, on_progress).await?
@@ -568,7 +575,7 @@ impl Store {
     fn postgres(&self, what: &str) -> Result<&postgres::PgStore, StoreError> {
         match &self.backend {
             Backend::Postgres(pg) => Ok(pg),
-            Backend::Sqlite(_) => Err(StoreError::Internal(format!(
+            Backend::Sqlite(..) => Err(StoreError::Internal(format!(
                 "{what} needs PostgreSQL (one process owns an SQLite store)"
             ))),
         }
@@ -585,7 +592,7 @@ impl Store {
     ) -> anyhow::Result<()> {
         match &self.backend {
             Backend::Postgres(pg) => pg.publish_model(row, file).await,
-            Backend::Sqlite(_) => Ok(self.insert_model_row(row).await?),
+            Backend::Sqlite(..) => Ok(self.insert_model_row(row).await?),
         }
     }
 
@@ -595,7 +602,7 @@ impl Store {
     pub async fn fetch_model(&self, version: u64) -> Result<Vec<u8>, FetchError> {
         match &self.backend {
             Backend::Postgres(pg) => pg.fetch_model(version).await,
-            Backend::Sqlite(_) => Err(FetchError::Missing(version)),
+            Backend::Sqlite(..) => Err(FetchError::Missing(version)),
         }
     }
 

@@ -24,6 +24,9 @@ enum Reason {
     Changes,
     Interval,
     NoModel,
+    /// The serving model was cut short by its time budget and the full run that
+    /// follows it never published (its trainer died, or the cluster restarted).
+    CutShort,
 }
 
 impl Worker {
@@ -119,6 +122,15 @@ impl Worker {
             && matches!(store.has_ratings().await, Ok(true))
         {
             return Some(Reason::NoModel);
+        }
+        let cut_short = || {
+            self.inner
+                .serving
+                .get()
+                .is_some_and(|s| s.model.report.cut_short)
+        };
+        if first_of_term && t.train_on_start && cut_short() {
+            return Some(Reason::CutShort);
         }
         None
     }

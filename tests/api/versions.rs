@@ -346,3 +346,30 @@ async fn a_first_model_out_of_time_is_published_and_a_full_run_follows() {
     wait_for_run(&app, 1).await;
     app.stop().await;
 }
+
+/// The same on a shared PostgreSQL database: the model cut short and the full run
+/// requested are in the database, and a trainer elected after the first one stopped
+/// (here: the next process to start) trains the full model at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_the_next_elected_trainer_trains_the_full_model_after_a_cut_short_one() {
+    let Some(db) = crate::postgres::pg::PgDb::create("cut_short_cluster").await else {
+        return;
+    };
+    let url = db.url.clone();
+    let on_pg = |s: &mut funkrec::config::Settings| {
+        short_budget(s);
+        s.storage.database_url = url.clone();
+    };
+    let app = spawn_app_with(on_pg).await;
+    app.post_ratings(&planted()).await;
+    assert_eq!(app.train().await, 1);
+    let (_, m) = app.get_json("/v1/model").await;
+    assert_eq!(m["cut_short"], json!(true), "{m}");
+    wait_for_run(&app, 1).await;
+    app.stop().await;
+    let app = spawn_app_with(on_pg).await;
+    assert_eq!(app.model_version().await, Some(1));
+    wait_for_run(&app, 1).await;
+    app.stop().await;
+    db.drop_now().await;
+}

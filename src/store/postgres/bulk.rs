@@ -1,19 +1,33 @@
-//! `funkrec import` into PostgreSQL: rows streamed by binary `COPY .. FROM STDIN` into a staging table, merged into `ratings` a million at a time.
+//! `funkrec import` into PostgreSQL: rows streamed by binary `COPY .. FROM STDIN` over [`STREAMS`] connections at once (users partitioned by hash), each into a staging table merged into `ratings` a million rows at a time.
 //!
+//! One PostgreSQL backend merging a million rows keeps one core busy while the client
+//! waits, so the input is split by a hash of the user id into [`STREAMS`] streams,
+//! each on its own connection: all rows of a pair go to one stream, in input order, so
+//! the later-row-wins rule holds, and the streams' transactions touch disjoint users.
 //! Each transaction copies up to [`ROWS_PER_TRANSACTION`] rows (with their input
-//! position) into a temporary table, inserts the ids it has not seen (in order of
-//! first appearance), then upserts the ratings, a later row of a pair replacing an
-//! earlier one. An error leaves the transactions committed so far in place, as on
-//! SQLite. The service may keep running meanwhile (PostgreSQL needs no store lock).
+//! position) into a temporary table, inserts the ids it has not seen (users in order of
+//! first appearance; items, which every stream shares, in id order, so two streams
+//! inserting the same new items wait for each other in one order and never deadlock),
+//! then upserts the ratings, a later row of a pair replacing an earlier one, and last
+//! adds its count to the shared retrain counter (one row: taken just before the commit,
+//! it serialises only the commits). An error leaves the transactions committed so far
+//! in place, as on SQLite. The service may keep running meanwhile (PostgreSQL needs no
+//! store lock).
 
 use crate::store::{ImportRow, ImportStats};
 use anyhow::Context;
-use sqlx::{Connection, PgPool};
+use sqlx::pool::PoolConnection;
+use sqlx::{Connection, PgPool, Postgres};
+use tokio::sync::mpsc;
 
-/// Ratings per transaction.
+/// Connections (and transactions) importing at once.
+pub const STREAMS: usize = 2;
+/// Ratings per transaction (of one stream).
 const ROWS_PER_TRANSACTION: u64 = 1_000_000;
 /// COPY data sent per message.
 const SEND_BYTES: usize = 1 << 20;
+/// Messages queued per stream: a stream that merges lets the other keep copying.
+const QUEUE: usize = 16;
 /// Memory for the sorts and hashes of one import transaction (`SET LOCAL`: this
 /// transaction only).
 const WORK_MEM: &str = "SET LOCAL work_mem = '256MB'";
@@ -25,8 +39,8 @@ const STAGE: &str = "CREATE TEMPORARY TABLE import_stage \
      ON COMMIT DROP";
 const NEW_USERS: &str = "INSERT INTO users (ext_id) SELECT u FROM import_stage GROUP BY u \
      ORDER BY min(n) ON CONFLICT (ext_id) DO NOTHING";
-const NEW_ITEMS: &str = "INSERT INTO items (ext_id) SELECT i FROM import_stage GROUP BY i \
-     ORDER BY min(n) ON CONFLICT (ext_id) DO NOTHING";
+const NEW_ITEMS: &str = "INSERT INTO items (ext_id) SELECT DISTINCT i FROM import_stage \
+     ORDER BY i ON CONFLICT (ext_id) DO NOTHING";
 const MERGE: &str = "INSERT INTO ratings (user_id, item_id, rating, ts) \
      SELECT DISTINCT ON (us.id, it.id) us.id, it.id, s.rating, s.ts FROM import_stage s \
      JOIN users us ON us.ext_id = s.u JOIN items it ON it.ext_id = s.i \
@@ -61,6 +75,34 @@ fn header() -> Vec<u8> {
     buf
 }
 
+/// The stream of a user: FNV-1a of the id (fixed, so a re-import splits alike).
+fn stream_of(user: &str, streams: usize) -> usize {
+    let h = user.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    });
+    (h % streams as u64) as usize
+}
+
+/// What the reading side sends a stream.
+enum Msg {
+    /// COPY rows (`rows` of them); `last` ends the transaction after them.
+    Rows {
+        bytes: Vec<u8>,
+        rows: u64,
+        last: bool,
+    },
+    /// The input failed: roll back the open transaction and stop.
+    Abort,
+}
+
+/// What one stream committed.
+#[derive(Default)]
+struct Part {
+    rows: u64,
+    new_users: u64,
+    new_items: u64,
+}
+
 pub(super) async fn import<I>(
     pool: &PgPool,
     rows: I,
@@ -69,10 +111,104 @@ pub(super) async fn import<I>(
 where
     I: Iterator<Item = anyhow::Result<ImportRow>>,
 {
-    let mut conn = pool.acquire().await?;
+    let mut senders = Vec::with_capacity(STREAMS);
+    let mut tasks = Vec::with_capacity(STREAMS);
+    for _ in 0..STREAMS {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let conn = pool.acquire().await?;
+        senders.push(tx);
+        tasks.push(tokio::spawn(stream(conn, rx)));
+    }
+    let mut bufs: Vec<Vec<u8>> = vec![Vec::new(); STREAMS];
+    let mut pending = [0u64; STREAMS];
+    let mut in_tx = [0u64; STREAMS];
+    let mut read = 0u64;
+    let mut failed = None;
+    for row in rows {
+        let row = match row {
+            Ok(row) => row,
+            Err(e) => {
+                failed = Some(e.context("reading the input"));
+                break;
+            }
+        };
+        let s = stream_of(&row.user, STREAMS);
+        encode(&mut bufs[s], read as i64, &row);
+        read += 1;
+        pending[s] += 1;
+        in_tx[s] += 1;
+        let last = in_tx[s] == ROWS_PER_TRANSACTION;
+        if last || bufs[s].len() >= SEND_BYTES {
+            let msg = Msg::Rows {
+                bytes: std::mem::take(&mut bufs[s]),
+                rows: std::mem::take(&mut pending[s]),
+                last,
+            };
+            if last {
+                in_tx[s] = 0;
+            }
+            // a stream that stopped has an error to report: collected below
+            if senders[s].send(msg).await.is_err() {
+                break;
+            }
+        }
+        if read % PROGRESS_ROWS == 0 {
+            on_progress(read);
+        }
+    }
+    for (s, sender) in senders.into_iter().enumerate() {
+        let msg = match failed.is_some() {
+            true => Msg::Abort,
+            false => Msg::Rows {
+                bytes: std::mem::take(&mut bufs[s]),
+                rows: pending[s],
+                last: true,
+            },
+        };
+        sender.send(msg).await.ok();
+    }
     let mut stats = ImportStats::default();
-    let mut rows = rows.peekable();
-    while rows.peek().is_some() {
+    let mut first_error = None;
+    for task in tasks {
+        match task.await.context("import stream")? {
+            Ok(part) => {
+                stats.rows += part.rows;
+                stats.new_users += part.new_users;
+                stats.new_items += part.new_items;
+            }
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    if let Some(e) = failed.or(first_error) {
+        return Err(e);
+    }
+    let mut conn = pool.acquire().await?;
+    sqlx::query("ANALYZE ratings").execute(&mut *conn).await?;
+    on_progress(stats.rows);
+    Ok(stats)
+}
+
+/// One stream: a transaction per [`ROWS_PER_TRANSACTION`] rows it receives, until its
+/// channel closes (or an abort, which rolls the open transaction back).
+async fn stream(
+    mut conn: PoolConnection<Postgres>,
+    mut rx: mpsc::Receiver<Msg>,
+) -> anyhow::Result<Part> {
+    let mut part = Part::default();
+    while let Some(msg) = rx.recv().await {
+        let Msg::Rows {
+            mut bytes,
+            mut rows,
+            mut last,
+        } = msg
+        else {
+            break;
+        };
+        if rows == 0 && last {
+            continue;
+        }
         let mut tx = conn.begin().await?;
         // the merge sorts a million rows and the id inserts group them: in memory, not in
         // temporary files (the default work_mem is 4 MB)
@@ -81,57 +217,52 @@ where
         let mut copy = tx
             .copy_in_raw("COPY import_stage FROM STDIN (FORMAT binary)")
             .await?;
-        let mut buf = header();
+        copy.send(header()).await?;
         let mut in_tx = 0u64;
-        let mut failed = None;
-        while in_tx < ROWS_PER_TRANSACTION {
-            let row = match rows.next() {
-                None => break,
-                Some(Ok(row)) => row,
-                Some(Err(e)) => {
-                    failed = Some(e.context("reading the input"));
-                    break;
+        loop {
+            if !bytes.is_empty() {
+                copy.send(bytes).await?;
+            }
+            in_tx += rows;
+            if last {
+                break;
+            }
+            match rx.recv().await {
+                Some(Msg::Rows {
+                    bytes: b,
+                    rows: r,
+                    last: l,
+                }) => (bytes, rows, last) = (b, r, l),
+                Some(Msg::Abort) => {
+                    copy.abort("input error").await.ok();
+                    return Ok(part);
                 }
-            };
-            encode(&mut buf, (stats.rows + in_tx) as i64, &row);
-            in_tx += 1;
-            if buf.len() >= SEND_BYTES {
-                copy.send(std::mem::take(&mut buf)).await?;
-            }
-            if (stats.rows + in_tx) % PROGRESS_ROWS == 0 {
-                on_progress(stats.rows + in_tx);
+                None => break,
             }
         }
-        if let Some(e) = failed {
-            copy.abort("input error").await.ok();
-            return Err(e);
-        }
-        buf.extend_from_slice(&(-1i16).to_be_bytes());
-        copy.send(buf).await?;
+        copy.send((-1i16).to_be_bytes().as_slice()).await?;
         copy.finish().await.context("copying rows")?;
         sqlx::query("ANALYZE import_stage")
             .execute(&mut *tx)
             .await?;
-        stats.new_users += sqlx::query(NEW_USERS)
+        part.new_users += sqlx::query(NEW_USERS)
             .execute(&mut *tx)
             .await?
             .rows_affected();
-        stats.new_items += sqlx::query(NEW_ITEMS)
+        part.new_items += sqlx::query(NEW_ITEMS)
             .execute(&mut *tx)
             .await?
             .rows_affected();
         sqlx::query(MERGE).execute(&mut *tx).await?;
-        // the shared retrain counter (cluster_state, migration 0004) counts them as changes
+        sqlx::query(USER_CHANGES).execute(&mut *tx).await?;
+        // the shared retrain counter (cluster_state, migration 0004) counts them as
+        // changes; last, so its row lock is held only through the commit
         sqlx::query("UPDATE cluster_state SET changes = changes + $1 WHERE id = 1")
             .bind(in_tx as i64)
             .execute(&mut *tx)
             .await?;
-        sqlx::query(USER_CHANGES).execute(&mut *tx).await?;
         tx.commit().await?;
-        stats.rows += in_tx;
-        on_progress(stats.rows);
+        part.rows += in_tx;
     }
-    sqlx::query("ANALYZE ratings").execute(&mut *conn).await?;
-    on_progress(stats.rows);
-    Ok(stats)
+    Ok(part)
 }

@@ -181,7 +181,7 @@ impl Writer {
                 };
                 Ok((writer, WriterTask { tx, done }))
             }
-            crate::store::Backend::Sqlite(_) => {
+            crate::store::Backend::Sqlite(..) => {
                 Writer::start_with(store, recent, Tuning::default())
             }
         }

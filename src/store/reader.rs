@@ -1,0 +1,82 @@
+//! Point reads on the serving path of the SQLite backend (a user's ratings, for fold-in): read-only rusqlite connections with cached statements, run on the blocking pool.
+//!
+//! sqlx's SQLite driver runs each query on its connection's worker thread and hands
+//! every row back to the async side through a channel: for a fold-in, which reads
+//! the ~100–200 ratings of one user, the hand-offs cost several times the query.
+//! Here the whole query runs in one blocking task on a connection of its own (WAL:
+//! readers never wait for the writer), and the rows come back as one `Vec`.
+
+use crate::store::StoreError;
+use rusqlite::{Connection, OpenFlags};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Idle connections kept for reuse (more may be open at once under load; those
+/// are closed when they are returned).
+const MAX_IDLE: usize = 4;
+/// As the pool's: how long a read waits on a lock (only a checkpoint that resets
+/// the WAL can hold one) before it fails as unavailable.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Read-only connections to one SQLite file.
+pub struct Readers {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl std::fmt::Debug for Readers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Readers").field("path", &self.path).finish()
+    }
+}
+
+impl Readers {
+    pub fn new(path: PathBuf) -> Arc<Self> {
+        Arc::new(Readers {
+            path,
+            idle: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Runs `read` on a read-only connection, on the blocking pool.
+    pub async fn run<T, F>(self: &Arc<Self>, read: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let this = Arc::clone(self);
+        tokio::task::spawn_blocking(move || this.run_blocking(read))
+            .await
+            .map_err(|e| StoreError::Internal(format!("read task: {e}")))?
+    }
+
+    fn run_blocking<T>(
+        &self,
+        read: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, StoreError> {
+        let taken = self.idle.lock().unwrap().pop();
+        let conn = match taken {
+            Some(c) => c,
+            None => self.open().map_err(|e| StoreError::from(&e))?,
+        };
+        let out = read(&conn).map_err(|e| StoreError::from(&e));
+        // a connection whose read failed is dropped (it may be in a bad state)
+        if out.is_ok() {
+            let mut idle = self.idle.lock().unwrap();
+            if idle.len() < MAX_IDLE {
+                idle.push(conn);
+            }
+        }
+        out
+    }
+
+    fn open(&self) -> rusqlite::Result<Connection> {
+        let conn = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        Ok(conn)
+    }
+}
