@@ -738,6 +738,16 @@ async fn import_many_users_and_shared_new_items(db: &TestDb) {
     let scan = store.load_training_rows().await.unwrap();
     assert_eq!(scan.ratings.len(), users * items);
     assert_eq!((scan.users.len(), scan.items.len()), (users, items));
+    // again, every user known now: the later import replaces, nothing is added
+    let again = (0..users).map(|u| import_row(&format!("user{u}"), "item0", 3.0, 9));
+    let stats = store.bulk_import(again, &mut |_| {}).await.unwrap();
+    assert_eq!(
+        (stats.rows, stats.new_users, stats.new_items),
+        (users as u64, 0, 0)
+    );
+    assert_eq!(store.count_ratings().await.unwrap(), (users * items) as u64);
+    let got = all_of(store, "user7").await;
+    assert!(got.contains(&("item0".to_owned(), 3.0, 9)), "{got:?}");
 }
 
 contract!(import_input_error_keeps_nothing_of_its_transaction);
