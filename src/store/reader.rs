@@ -12,9 +12,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// Idle connections kept for reuse (more may be open at once under load; those
-/// are closed when they are returned).
-const MAX_IDLE: usize = 4;
+/// Reads running at once (more wait for a turn), and so connections kept open.
+const MAX_READERS: usize = 4;
 /// As the pool's: how long a read waits on a lock (only a checkpoint that resets
 /// the WAL can hold one) before it fails as unavailable.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -23,6 +22,9 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Readers {
     path: PathBuf,
     idle: Mutex<Vec<Connection>>,
+    /// One permit per running read: bounds the blocking threads and connections.
+    /// (held by the blocking task, so a caller that gives up does not free it early)
+    turns: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for Readers {
@@ -36,6 +38,7 @@ impl Readers {
         Arc::new(Readers {
             path,
             idle: Mutex::new(Vec::new()),
+            turns: Arc::new(tokio::sync::Semaphore::new(MAX_READERS)),
         })
     }
 
@@ -45,10 +48,17 @@ impl Readers {
         T: Send + 'static,
         F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     {
-        let this = Arc::clone(self);
-        tokio::task::spawn_blocking(move || this.run_blocking(read))
+        let turn = Arc::clone(&self.turns)
+            .acquire_owned()
             .await
-            .map_err(|e| StoreError::Internal(format!("read task: {e}")))?
+            .map_err(|_| StoreError::Closed)?;
+        let this = Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
+            let _turn = turn;
+            this.run_blocking(read)
+        })
+        .await
+        .map_err(|e| StoreError::Internal(format!("read task: {e}")))?
     }
 
     fn run_blocking<T>(
@@ -63,10 +73,7 @@ impl Readers {
         let out = read(&conn).map_err(|e| StoreError::from(&e));
         // a connection whose read failed is dropped (it may be in a bad state)
         if out.is_ok() {
-            let mut idle = self.idle.lock().unwrap();
-            if idle.len() < MAX_IDLE {
-                idle.push(conn);
-            }
+            self.idle.lock().unwrap().push(conn);
         }
         out
     }
