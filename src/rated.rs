@@ -5,8 +5,11 @@
 //! * [`RecentWrites`] records every committed write and delete (the group-commit
 //!   writer records them, in commit order, before answering). Each commit gets a
 //!   sequence number; a snapshot remembers the number current when its rows were read
-//!   (`since`), so the rated set as of *now* is the index plus the recorded writes
-//!   with a larger number (the latest operation on a pair wins).
+//!   (`since`), so a user with no recorded operation after it has rated what the index
+//!   says, and a user with one ([`RecentWrites::last_change`]) is folded in, their
+//!   rated set read with the ratings the fold solves from (`crate::foldin`). The
+//!   recorded operations of a pair (the latest wins) are kept for inspection
+//!   ([`RecentWrites::changes_since`]).
 //! * Entries a published snapshot already covers are pruned. If the recent writes grow
 //!   beyond [`MAX_RECENT`] they are dropped; [`RecentWrites::floor`] then says which
 //!   snapshots can no longer be completed from memory, and the caller falls back to the
@@ -325,26 +328,6 @@ fn unix_minute() -> u64 {
         .map_or(0, |d| d.as_secs() / 60)
 }
 
-/// The items a user has rated now, as a bit set over the snapshot model's items:
-/// the index of the snapshot plus the recent writes. None when the recent writes
-/// no longer reach back to the snapshot (ask the store).
-pub fn rated_now(
-    model: &Model,
-    index: &RatedIndex,
-    since: u64,
-    recent: &RecentWrites,
-    user: &str,
-    user_index: Option<u32>,
-) -> Option<FixedBitSet> {
-    let mut bits = item_bits(model, index.items(user, user_index));
-    let complete = recent.changes_since(user, since, |item, rated| {
-        if let Some(i) = model.items.get(item) {
-            bits.set(i as usize, rated);
-        }
-    });
-    complete.then_some(bits)
-}
-
 /// Model item indices as a bit set over the model's items.
 pub fn item_bits(model: &Model, items: &[u32]) -> FixedBitSet {
     let mut bits = FixedBitSet::with_capacity(model.n_items());
@@ -373,6 +356,26 @@ pub fn contains(bits: &FixedBitSet, i: u32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The items a user has rated now, as a bit set over the snapshot model's items:
+    /// the index of the snapshot plus the recent writes. None when the recent writes
+    /// no longer reach back to the snapshot (ask the store).
+    fn rated_now(
+        model: &Model,
+        index: &RatedIndex,
+        since: u64,
+        recent: &RecentWrites,
+        user: &str,
+        user_index: Option<u32>,
+    ) -> Option<FixedBitSet> {
+        let mut bits = item_bits(model, index.items(user, user_index));
+        let complete = recent.changes_since(user, since, |item, rated| {
+            if let Some(i) = model.items.get(item) {
+                bits.set(i as usize, rated);
+            }
+        });
+        complete.then_some(bits)
+    }
 
     fn ids(names: &[&str]) -> IdMap {
         let mut m = IdMap::new();
