@@ -152,10 +152,14 @@ impl Store {
             .map(|pool| pool.connect_options().get_filename().to_owned())
     }
 
-    /// Closes the pool (waits for connections to be returned).
+    /// Closes the pool (waits for connections to be returned) and, on SQLite, the
+    /// serving path's readers.
     pub async fn close(&self) {
         match &self.backend {
-            Backend::Sqlite(pool, _) => pool.close().await,
+            Backend::Sqlite(pool, readers) => {
+                readers.close();
+                pool.close().await
+            }
             Backend::Postgres(pg) => pg.close().await,
         }
     }

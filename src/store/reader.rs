@@ -61,6 +61,13 @@ impl Readers {
         .map_err(|e| StoreError::Internal(format!("read task: {e}")))?
     }
 
+    /// Refuses reads from now on (they fail as [`StoreError::Closed`]) and closes the
+    /// idle connections; a read still running closes its connection when it ends.
+    pub fn close(&self) {
+        self.turns.close();
+        self.idle.lock().unwrap().clear();
+    }
+
     fn run_blocking<T>(
         &self,
         read: impl FnOnce(&Connection) -> rusqlite::Result<T>,
@@ -71,8 +78,9 @@ impl Readers {
             None => self.open().map_err(|e| StoreError::from(&e))?,
         };
         let out = read(&conn).map_err(|e| StoreError::from(&e));
-        // a connection whose read failed is dropped (it may be in a bad state)
-        if out.is_ok() {
+        // a connection whose read failed is dropped (it may be in a bad state), and so
+        // is every connection once the readers are closed
+        if out.is_ok() && !self.turns.is_closed() {
             self.idle.lock().unwrap().push(conn);
         }
         out
@@ -85,5 +93,44 @@ impl Readers {
         )?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
         Ok(conn)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn reads_reuse_connections_see_later_commits_and_stop_when_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.db");
+        let w = Connection::open(&path).unwrap();
+        w.execute_batch(
+            "PRAGMA journal_mode = WAL; CREATE TABLE t (x INTEGER); INSERT INTO t VALUES (1);",
+        )
+        .unwrap();
+        let readers = Readers::new(path);
+        let count = |r: &Arc<Readers>| {
+            let r = Arc::clone(r);
+            async move {
+                r.run(|c| c.query_row("SELECT count(*) FROM t", [], |row| row.get::<_, i64>(0)))
+                    .await
+            }
+        };
+        assert_eq!(count(&readers).await.unwrap(), 1);
+        w.execute("INSERT INTO t VALUES (2)", []).unwrap();
+        assert_eq!(
+            count(&readers).await.unwrap(),
+            2,
+            "a commit after the first read"
+        );
+        assert_eq!(
+            readers.idle.lock().unwrap().len(),
+            1,
+            "one connection, reused"
+        );
+        readers.close();
+        assert!(readers.idle.lock().unwrap().is_empty());
+        assert!(matches!(count(&readers).await, Err(StoreError::Closed)));
     }
 }
