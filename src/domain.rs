@@ -28,7 +28,7 @@ pub enum DomainError {
 /// Ids stored under the older rule (any 1–128 characters without Cc) are read from the
 /// store as they are; [`id_rule_violation`] names what the current rule would say.
 fn parse_id(kind: &str, s: &str) -> Result<String, DomainError> {
-    let id = if is_nfc(s) {
+    let id = if s.is_ascii() || is_nfc(s) {
         s.to_owned()
     } else {
         s.nfc().collect()
@@ -54,10 +54,14 @@ pub fn id_rule_violation(s: &str) -> Option<String> {
     if let Some(c) = s.chars().find(|c| c.is_control()) {
         return Some(format!("contains the control character U+{:04X}", c as u32));
     }
-    if let Some(c) = s
-        .chars()
-        .find(|c| c.general_category() == GeneralCategory::Format)
-    {
+    // (no ASCII character is a format character)
+    let format = match s.is_ascii() {
+        true => None,
+        false => s
+            .chars()
+            .find(|c| c.general_category() == GeneralCategory::Format),
+    };
+    if let Some(c) = format {
         return Some(format!(
             "contains the invisible format character U+{:04X}",
             c as u32

@@ -1,107 +1,127 @@
-//! `funkrec import` into PostgreSQL: rows streamed by binary `COPY .. FROM STDIN` over [`STREAMS`] connections at once (users partitioned by hash), each into a staging table merged into `ratings` a million rows at a time.
+//! `funkrec import` into PostgreSQL: keys resolved by the client, rows deduplicated and sorted by key in memory, then written by binary `COPY .. FROM STDIN` straight into `ratings` over [`STREAMS`] connections at once (users partitioned by hash).
 //!
-//! One PostgreSQL backend merging a million rows keeps one core busy while the client
-//! waits, so the input is split by a hash of the user id into [`STREAMS`] streams,
-//! each on its own connection: all rows of a pair go to one stream, in input order, so
-//! the later-row-wins rule holds, and the streams' transactions touch disjoint users.
-//! Items are shared by every stream, so they are not inserted there: the reading side
-//! inserts the items it has not sent before (in order of first appearance) on a
-//! connection of its own, committed before any row that names them is sent. (A stream
-//! inserting a new item would make the other stream's insert of the same item wait
-//! for its whole transaction.) Each stream transaction copies up to
-//! [`ROWS_PER_TRANSACTION`] rows (with their input position) into a temporary table,
-//! inserts the users it has not seen (in order of first appearance), inserts the
-//! ratings (plainly for the users it created, whose ratings cannot exist yet; an
-//! upsert for the others), a later row of a pair replacing an earlier one, and last adds its count to
-//! the shared retrain counter (one row: taken just before the commit, it serialises
-//! only the commits). An error leaves the transactions committed so far in place, as
-//! on SQLite (and the items inserted so far). The service may keep running meanwhile
-//! (PostgreSQL needs no store lock).
+//! The database's work per row is then the heap insert and the primary-key insert,
+//! nothing else (no staging table, no join on text ids, no sort, no `ON CONFLICT`
+//! check), except for the rows of users the table had before the transaction, which
+//! go through a staging table and an upsert. The input is split by a hash of the user
+//! id into [`STREAMS`] streams, each on its own connection: all rows of a pair go to
+//! one stream, in input order, so the later-row-wins rule holds, and the streams'
+//! transactions touch disjoint users. Items are shared by every stream, so the reading
+//! side inserts the items it has not sent before (in order of first appearance) on a
+//! connection of its own, committed before any row that names them is sent (a stream
+//! inserting a new item would make the other stream's insert of the same item wait for
+//! its whole transaction), and sends rows with item keys. Each stream transaction takes
+//! up to [`ROWS_PER_TRANSACTION`] rows: it inserts the users it has not seen (in order
+//! of first appearance; the keys it gets back are new, so no rating of them can exist
+//! and theirs are copied into `ratings` directly), looks up the others, keeps the
+//! later row of each pair, writes the rows in key order, records the changed users
+//! (read-your-writes across replicas) and last adds its count to the shared retrain
+//! counter (one row: taken just before the commit, it serialises only the commits). An
+//! error leaves the transactions committed so far in place, as on SQLite (and the
+//! items inserted so far). The service may keep running meanwhile (PostgreSQL needs
+//! no store lock).
 
 use crate::store::{ImportRow, ImportStats};
 use anyhow::Context;
+use foldhash::HashMap;
 use sqlx::pool::PoolConnection;
-use sqlx::{Connection, PgPool, Postgres};
+use sqlx::{Connection, PgConnection, PgPool, Postgres};
 use tokio::sync::mpsc;
 
 /// Connections (and transactions) importing at once.
 pub const STREAMS: usize = 2;
 /// Ratings per transaction (of one stream).
-const ROWS_PER_TRANSACTION: u64 = 1_000_000;
+const ROWS_PER_TRANSACTION: usize = 1_000_000;
+/// Rows per message to a stream.
+const CHUNK_ROWS: usize = 1 << 15;
+/// Messages queued per stream: about one transaction's worth, so that the reading
+/// side fills the next transaction of a stream while it writes.
+const QUEUE: usize = ROWS_PER_TRANSACTION / CHUNK_ROWS;
 /// COPY data sent per message.
 const SEND_BYTES: usize = 1 << 20;
-/// Messages queued per stream: a stream that merges lets the other keep copying.
-const QUEUE: usize = 16;
-/// Memory for the sorts and hashes of one import transaction (`SET LOCAL`: this
-/// transaction only).
-const WORK_MEM: &str = "SET LOCAL work_mem = '256MB'";
 /// Progress is reported every this many rows.
 const PROGRESS_ROWS: u64 = 1 << 16;
 
-const STAGE: &str = "CREATE TEMPORARY TABLE import_stage \
-     (n int8 NOT NULL, u text NOT NULL, i text NOT NULL, rating float8 NOT NULL, ts int8 NOT NULL) \
-     ON COMMIT DROP";
-/// Holds the keys of the users this transaction creates: their ratings cannot exist
-/// yet (nobody else can see the keys before the commit), so they are inserted without
-/// `ON CONFLICT`, which costs about half as much a row.
-const NEW_USER_KEYS: &str =
-    "CREATE TEMPORARY TABLE import_new_users (id int8 NOT NULL) ON COMMIT DROP";
-const NEW_USERS: &str = "WITH ins AS (INSERT INTO users (ext_id) \
-     SELECT u FROM import_stage GROUP BY u ORDER BY min(n) \
-     ON CONFLICT (ext_id) DO NOTHING RETURNING id) \
-     INSERT INTO import_new_users SELECT id FROM ins";
-/// The staged rows of one side with their keys, the later row of a pair first.
-macro_rules! staged {
-    ($side:literal) => {
+/// The keys of `$1` (in the array's order), inserted when the table does not have
+/// them: `(ext_id, id, new)`. The second part reads the statement's snapshot, which
+/// does not hold the rows the first inserts, so a key comes back once; a key another
+/// transaction committed after that snapshot comes back from neither (looked up
+/// again by [`lookup`]).
+macro_rules! keys {
+    ($table:literal) => {
         concat!(
-            "INSERT INTO ratings (user_id, item_id, rating, ts) ",
-            "SELECT DISTINCT ON (us.id, it.id) us.id, it.id, s.rating, s.ts ",
-            "FROM import_stage s JOIN users us ON us.ext_id = s.u ",
-            "JOIN items it ON it.ext_id = s.i WHERE ",
-            $side,
-            " EXISTS (SELECT 1 FROM import_new_users n WHERE n.id = us.id) ",
-            "ORDER BY us.id, it.id, s.n DESC"
+            "WITH ins AS (INSERT INTO ",
+            $table,
+            " (ext_id) SELECT x FROM unnest($1::text[]) WITH ORDINALITY AS t(x, n) ",
+            "ORDER BY n ON CONFLICT (ext_id) DO NOTHING RETURNING ext_id, id) ",
+            "SELECT ext_id, id, true FROM ins UNION ALL ",
+            "SELECT ext_id, id, false FROM ",
+            $table,
+            " WHERE ext_id = ANY($1::text[])"
         )
     };
 }
-/// The ratings of the users new in this transaction: a plain insert.
-const MERGE_NEW: &str = staged!("");
-/// The ratings of the users the table had: an upsert.
-const MERGE_KNOWN: &str = concat!(
-    staged!("NOT"),
-    " ON CONFLICT (user_id, item_id) DO UPDATE SET rating = excluded.rating, ts = excluded.ts"
-);
+const ITEM_KEYS: &str = keys!("items");
+const USER_KEYS: &str = keys!("users");
+const ITEM_LOOKUP: &str = "SELECT ext_id, id, false FROM items WHERE ext_id = ANY($1::text[])";
+const USER_LOOKUP: &str = "SELECT ext_id, id, false FROM users WHERE ext_id = ANY($1::text[])";
 
-/// The items of `$1` not in the table yet, in the array's order.
-const NEW_ITEMS: &str = "INSERT INTO items (ext_id) \
-     SELECT i FROM unnest($1::text[]) WITH ORDINALITY AS t(i, n) ORDER BY n \
-     ON CONFLICT (ext_id) DO NOTHING";
-/// The imported users changed (read-your-writes across replicas: `writer.rs`).
+const COPY_NEW: &str = "COPY ratings (user_id, item_id, rating, ts) FROM STDIN (FORMAT binary)";
+const STAGE: &str = "CREATE TEMPORARY TABLE import_stage \
+     (user_id int8 NOT NULL, item_id int8 NOT NULL, rating float8 NOT NULL, ts int8 NOT NULL) \
+     ON COMMIT DROP";
+const COPY_STAGE: &str =
+    "COPY import_stage (user_id, item_id, rating, ts) FROM STDIN (FORMAT binary)";
+/// The staged rows (one per pair, in key order) of the users the table had.
+const MERGE_KNOWN: &str = "INSERT INTO ratings (user_id, item_id, rating, ts) \
+     SELECT user_id, item_id, rating, ts FROM import_stage ORDER BY user_id, item_id \
+     ON CONFLICT (user_id, item_id) DO UPDATE SET rating = excluded.rating, ts = excluded.ts";
+/// The imported users changed (read-your-writes across replicas: `writer.rs`); `$1`
+/// sorted, so that concurrent upserts take the rows' locks in one order.
 const USER_CHANGES: &str = "INSERT INTO user_changes (ext_id, xid) \
-     SELECT u, pg_current_xact_id() FROM import_stage GROUP BY u ORDER BY u \
+     SELECT u, pg_current_xact_id() FROM unnest($1::text[]) AS t(u) \
      ON CONFLICT (ext_id) DO UPDATE SET xid = excluded.xid";
 
-/// Appends one row in binary COPY format.
-fn encode(buf: &mut Vec<u8>, n: i64, row: &ImportRow) {
-    buf.extend_from_slice(&5i16.to_be_bytes());
-    buf.extend_from_slice(&8i32.to_be_bytes());
-    buf.extend_from_slice(&n.to_be_bytes());
-    for text in [row.user.as_bytes(), row.item.as_bytes()] {
-        buf.extend_from_slice(&(text.len() as i32).to_be_bytes());
-        buf.extend_from_slice(text);
-    }
-    buf.extend_from_slice(&8i32.to_be_bytes());
-    buf.extend_from_slice(&(row.rating as f64).to_be_bytes());
-    buf.extend_from_slice(&8i32.to_be_bytes());
-    buf.extend_from_slice(&row.timestamp.to_be_bytes());
+/// Rows for a stream, their items' keys resolved, their users by index into `users`.
+#[derive(Default)]
+struct Chunk {
+    users: Vec<String>,
+    user_index: HashMap<String, u32>,
+    /// (user index, item key, input position, rating, timestamp)
+    rows: Vec<(u32, i64, u64, f32, i64)>,
 }
 
-/// The binary COPY header (signature, flags, no extension).
-fn header() -> Vec<u8> {
-    let mut buf = b"PGCOPY\n\xff\r\n\0".to_vec();
-    buf.extend_from_slice(&0u32.to_be_bytes());
-    buf.extend_from_slice(&0u32.to_be_bytes());
-    buf
+/// Interns `name` into `users`/`index`, the same name as the last one first (the rows
+/// of a user often come together).
+fn intern(users: &mut Vec<String>, index: &mut HashMap<String, u32>, name: String) -> u32 {
+    if let Some(last) = users.last() {
+        if *last == name {
+            return users.len() as u32 - 1;
+        }
+    }
+    match index.get(&name) {
+        Some(&u) => u,
+        None => {
+            let u = users.len() as u32;
+            users.push(name.clone());
+            index.insert(name, u);
+            u
+        }
+    }
+}
+
+/// What the reading side sends a stream.
+enum Msg {
+    Rows(Chunk),
+    /// The input failed: drop the open transaction's rows and stop.
+    Abort,
+}
+
+/// What one stream committed.
+#[derive(Default)]
+struct Part {
+    rows: u64,
+    new_users: u64,
 }
 
 /// The stream of a user: FNV-1a of the id (fixed, so a re-import splits alike).
@@ -112,24 +132,9 @@ fn stream_of(user: &str, streams: usize) -> usize {
     (h % streams as u64) as usize
 }
 
-/// What the reading side sends a stream.
-enum Msg {
-    /// COPY rows (`rows` of them); `last` ends the transaction after them.
-    Rows {
-        bytes: Vec<u8>,
-        rows: u64,
-        last: bool,
-    },
-    /// The input failed: roll back the open transaction and stop.
-    Abort,
-}
-
-/// What one stream committed.
-#[derive(Default)]
-struct Part {
-    rows: u64,
-    new_users: u64,
-}
+/// A stream's rows read, their items by index into the import's item names (whose
+/// keys may not be resolved yet).
+type Waiting = Chunk;
 
 pub(super) async fn import<I>(
     pool: &PgPool,
@@ -147,17 +152,18 @@ where
         senders.push(tx);
         tasks.push(tokio::spawn(stream(conn, rx)));
     }
-    // the items of every row read (those of rows sent are committed in the table), and
-    // those of the rows not sent yet that are new
-    let mut items_conn = pool.acquire().await?;
-    let mut items_seen: std::collections::HashSet<String> = Default::default();
-    let mut items_new: Vec<String> = Vec::new();
-    let mut stats = ImportStats::default();
-    let mut bufs: Vec<Vec<u8>> = vec![Vec::new(); STREAMS];
-    let mut pending = [0u64; STREAMS];
-    let mut in_tx = [0u64; STREAMS];
+    let mut items = Items {
+        conn: pool.acquire().await?,
+        index: HashMap::default(),
+        names: Vec::new(),
+        keys: Vec::new(),
+        unresolved: Vec::new(),
+        new: 0,
+    };
+    let mut chunks: Vec<Waiting> = (0..STREAMS).map(|_| Chunk::default()).collect();
     let mut read = 0u64;
     let mut failed = None;
+    let mut stopped = false;
     for row in rows {
         let row = match row {
             Ok(row) => row,
@@ -166,36 +172,22 @@ where
                 break;
             }
         };
-        if !items_seen.contains(&row.item) {
-            items_seen.insert(row.item.clone());
-            items_new.push(row.item.clone());
-        }
+        let item = items.index_of(row.item);
         let s = stream_of(&row.user, STREAMS);
-        encode(&mut bufs[s], read as i64, &row);
+        let c = &mut chunks[s];
+        let u = intern(&mut c.users, &mut c.user_index, row.user);
+        c.rows
+            .push((u, i64::from(item), read, row.rating, row.timestamp));
         read += 1;
-        pending[s] += 1;
-        in_tx[s] += 1;
-        let last = in_tx[s] == ROWS_PER_TRANSACTION;
-        if last || bufs[s].len() >= SEND_BYTES {
-            let msg = Msg::Rows {
-                bytes: std::mem::take(&mut bufs[s]),
-                rows: std::mem::take(&mut pending[s]),
-                last,
-            };
-            if last {
-                in_tx[s] = 0;
+        if c.rows.len() >= CHUNK_ROWS {
+            if let Err(e) = items.resolve().await {
+                failed = Some(e);
+                break;
             }
-            if !items_new.is_empty() {
-                match insert_items(&mut items_conn, &mut items_new).await {
-                    Ok(n) => stats.new_items += n,
-                    Err(e) => {
-                        failed = Some(e);
-                        break;
-                    }
-                }
-            }
+            let msg = Msg::Rows(items.with_keys(std::mem::take(&mut chunks[s])));
             // a stream that stopped has an error to report: collected below
             if senders[s].send(msg).await.is_err() {
+                stopped = true;
                 break;
             }
         }
@@ -203,23 +195,29 @@ where
             on_progress(read);
         }
     }
-    if failed.is_none() && !items_new.is_empty() {
-        match insert_items(&mut items_conn, &mut items_new).await {
-            Ok(n) => stats.new_items += n,
+    if failed.is_none() && !stopped {
+        match items.resolve().await {
+            Ok(()) => {
+                for (s, chunk) in chunks.into_iter().enumerate() {
+                    if !chunk.rows.is_empty() {
+                        let msg = Msg::Rows(items.with_keys(chunk));
+                        senders[s].send(msg).await.ok();
+                    }
+                }
+            }
             Err(e) => failed = Some(e),
         }
     }
-    drop(items_conn);
-    for (s, sender) in senders.into_iter().enumerate() {
-        let msg = match failed.is_some() {
-            true => Msg::Abort,
-            false => Msg::Rows {
-                bytes: std::mem::take(&mut bufs[s]),
-                rows: pending[s],
-                last: true,
-            },
-        };
-        sender.send(msg).await.ok();
+    let mut stats = ImportStats {
+        new_items: items.new,
+        ..ImportStats::default()
+    };
+    drop(items);
+    for sender in senders {
+        if failed.is_some() {
+            sender.send(Msg::Abort).await.ok();
+        }
+        // dropping the sender ends the stream: it commits what it holds
     }
     let mut first_error = None;
     for task in tasks {
@@ -242,93 +240,242 @@ where
     Ok(stats)
 }
 
-/// Inserts (and commits) `items`, in order, skipping those the table has; empties
-/// `items` and returns how many were new.
-async fn insert_items(
-    conn: &mut PoolConnection<Postgres>,
-    items: &mut Vec<String>,
-) -> anyhow::Result<u64> {
-    let n = sqlx::query(NEW_ITEMS)
-        .bind(&*items)
-        .execute(&mut **conn)
-        .await
-        .context("inserting new items")?
-        .rows_affected();
-    items.clear();
-    Ok(n)
+/// The items the import has read: their keys are resolved (inserted when new, on a
+/// connection of their own, and committed) before any row naming them is sent.
+struct Items {
+    conn: PoolConnection<Postgres>,
+    index: HashMap<String, u32>,
+    names: Vec<String>,
+    /// By index; 0 until resolved.
+    keys: Vec<i64>,
+    /// Indices read but not resolved yet.
+    unresolved: Vec<u32>,
+    /// Items the import inserted.
+    new: u64,
 }
 
-/// One stream: a transaction per [`ROWS_PER_TRANSACTION`] rows it receives, until its
-/// channel closes (or an abort, which rolls the open transaction back).
+impl Items {
+    /// The import's index of item `name`.
+    fn index_of(&mut self, name: String) -> u32 {
+        match self.index.get(&name) {
+            Some(&i) => i,
+            None => {
+                let i = self.names.len() as u32;
+                self.index.insert(name.clone(), i);
+                self.names.push(name);
+                self.keys.push(0);
+                self.unresolved.push(i);
+                i
+            }
+        }
+    }
+
+    /// Inserts (and commits) the unresolved items, in order, skipping those the table
+    /// has, and fills in their keys.
+    async fn resolve(&mut self) -> anyhow::Result<()> {
+        if self.unresolved.is_empty() {
+            return Ok(());
+        }
+        let names = &self.names;
+        let wanted: Vec<&str> = self
+            .unresolved
+            .iter()
+            .map(|&i| names[i as usize].as_str())
+            .collect();
+        let found = resolve_keys(&mut self.conn, ITEM_KEYS, ITEM_LOOKUP, &wanted)
+            .await
+            .context("inserting new items")?;
+        for (&i, (id, new)) in self.unresolved.iter().zip(found) {
+            self.keys[i as usize] = id;
+            self.new += u64::from(new);
+        }
+        self.unresolved.clear();
+        Ok(())
+    }
+
+    /// The rows of a chunk with their items' keys (all resolved) for their indices.
+    fn with_keys(&self, mut chunk: Waiting) -> Chunk {
+        for r in &mut chunk.rows {
+            r.1 = self.keys[r.1 as usize];
+        }
+        chunk.user_index = HashMap::default();
+        chunk
+    }
+}
+
+/// The keys of `names` (in their order, each with whether this statement inserted
+/// it), by `insert` ([`keys!`]) and, for a name another transaction committed
+/// meanwhile, by `lookup`.
+async fn resolve_keys(
+    conn: &mut PgConnection,
+    insert: &str,
+    lookup: &str,
+    names: &[&str],
+) -> anyhow::Result<Vec<(i64, bool)>> {
+    let rows: Vec<(String, i64, bool)> = sqlx::query_as(insert)
+        .bind(names)
+        .fetch_all(&mut *conn)
+        .await?;
+    let mut by_name: HashMap<String, (i64, bool)> = rows
+        .into_iter()
+        .map(|(n, id, new)| (n, (id, new)))
+        .collect();
+    let missing: Vec<&str> = names
+        .iter()
+        .copied()
+        .filter(|n| !by_name.contains_key(*n))
+        .collect();
+    if !missing.is_empty() {
+        let rows: Vec<(String, i64, bool)> = sqlx::query_as(lookup)
+            .bind(&missing)
+            .fetch_all(&mut *conn)
+            .await?;
+        by_name.extend(rows.into_iter().map(|(n, id, new)| (n, (id, new))));
+    }
+    names
+        .iter()
+        .map(|n| {
+            by_name
+                .get(*n)
+                .copied()
+                .with_context(|| format!("no key for {n:?}"))
+        })
+        .collect()
+}
+
+/// One stream: a transaction per [`ROWS_PER_TRANSACTION`] rows it receives, and one
+/// for the rest when its channel closes (an abort drops the open transaction's rows).
 async fn stream(
     mut conn: PoolConnection<Postgres>,
     mut rx: mpsc::Receiver<Msg>,
 ) -> anyhow::Result<Part> {
     let mut part = Part::default();
+    let mut batch = Chunk::default();
     while let Some(msg) = rx.recv().await {
-        let Msg::Rows {
-            mut bytes,
-            mut rows,
-            mut last,
-        } = msg
-        else {
-            break;
+        let Msg::Rows(chunk) = msg else {
+            return Ok(part);
         };
-        if rows == 0 && last {
-            continue;
-        }
-        let mut tx = conn.begin().await?;
-        // the merge sorts a million rows and the id inserts group them: in memory, not in
-        // temporary files (the default work_mem is 4 MB)
-        sqlx::query(WORK_MEM).execute(&mut *tx).await?;
-        sqlx::query(STAGE).execute(&mut *tx).await?;
-        sqlx::query(NEW_USER_KEYS).execute(&mut *tx).await?;
-        let mut copy = tx
-            .copy_in_raw("COPY import_stage FROM STDIN (FORMAT binary)")
-            .await?;
-        copy.send(header()).await?;
-        let mut in_tx = 0u64;
-        loop {
-            if !bytes.is_empty() {
-                copy.send(bytes).await?;
+        // the chunk's users' indices in the batch (again after each batch written)
+        let mut to_batch: Vec<u32> = vec![u32::MAX; chunk.users.len()];
+        for (u, i, n, r, t) in chunk.rows {
+            let b = &mut to_batch[u as usize];
+            if *b == u32::MAX {
+                let name = chunk.users[u as usize].clone();
+                *b = intern(&mut batch.users, &mut batch.user_index, name);
             }
-            in_tx += rows;
-            if last {
-                break;
-            }
-            match rx.recv().await {
-                Some(Msg::Rows {
-                    bytes: b,
-                    rows: r,
-                    last: l,
-                }) => (bytes, rows, last) = (b, r, l),
-                Some(Msg::Abort) => {
-                    copy.abort("input error").await.ok();
-                    return Ok(part);
-                }
-                None => break,
+            batch.rows.push((*b, i, n, r, t));
+            if batch.rows.len() >= ROWS_PER_TRANSACTION {
+                write(&mut conn, std::mem::take(&mut batch), &mut part).await?;
+                to_batch.fill(u32::MAX);
             }
         }
-        copy.send((-1i16).to_be_bytes().as_slice()).await?;
-        copy.finish().await.context("copying rows")?;
-        sqlx::query("ANALYZE import_stage")
-            .execute(&mut *tx)
-            .await?;
-        part.new_users += sqlx::query(NEW_USERS)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        sqlx::query(MERGE_NEW).execute(&mut *tx).await?;
-        sqlx::query(MERGE_KNOWN).execute(&mut *tx).await?;
-        sqlx::query(USER_CHANGES).execute(&mut *tx).await?;
-        // the shared retrain counter (cluster_state, migration 0004) counts them as
-        // changes; last, so its row lock is held only through the commit
-        sqlx::query("UPDATE cluster_state SET changes = changes + $1 WHERE id = 1")
-            .bind(in_tx as i64)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        part.rows += in_tx;
+    }
+    if !batch.rows.is_empty() {
+        write(&mut conn, batch, &mut part).await?;
     }
     Ok(part)
+}
+
+/// Writes one transaction's rows and commits.
+async fn write(conn: &mut PgConnection, batch: Chunk, part: &mut Part) -> anyhow::Result<()> {
+    let Chunk {
+        mut users, rows, ..
+    } = batch;
+    let received = rows.len() as u64;
+    let mut tx = conn.begin().await?;
+    let names: Vec<&str> = users.iter().map(String::as_str).collect();
+    let keys = resolve_keys(&mut tx, USER_KEYS, USER_LOOKUP, &names)
+        .await
+        .context("inserting new users")?;
+    part.new_users += keys.iter().filter(|k| k.1).count() as u64;
+    // (user key, item key, position) order: the later row of a pair last
+    let mut keyed: Vec<(i64, i64, u64, f32, i64, bool)> = rows
+        .into_iter()
+        .map(|(u, i, n, r, t)| {
+            let (id, new) = keys[u as usize];
+            (id, i, n, r, t, new)
+        })
+        .collect();
+    keyed.sort_unstable_by_key(|r| (r.0, r.1, r.2));
+    let mut fresh = Vec::with_capacity(keyed.len() * 38);
+    let mut known = Vec::new();
+    let (mut n_fresh, mut n_known) = (0usize, 0usize);
+    for (j, r) in keyed.iter().enumerate() {
+        if keyed
+            .get(j + 1)
+            .is_some_and(|next| (next.0, next.1) == (r.0, r.1))
+        {
+            continue;
+        }
+        match r.5 {
+            true => {
+                encode(&mut fresh, r.0, r.1, r.3, r.4);
+                n_fresh += 1;
+            }
+            false => {
+                encode(&mut known, r.0, r.1, r.3, r.4);
+                n_known += 1;
+            }
+        }
+    }
+    drop(keyed);
+    if n_fresh > 0 {
+        copy(&mut tx, COPY_NEW, fresh)
+            .await
+            .context("copying rows")?;
+    }
+    if n_known > 0 {
+        sqlx::query(STAGE).execute(&mut *tx).await?;
+        copy(&mut tx, COPY_STAGE, known)
+            .await
+            .context("copying rows")?;
+        sqlx::query(MERGE_KNOWN).execute(&mut *tx).await?;
+    }
+    users.sort_unstable();
+    sqlx::query(USER_CHANGES)
+        .bind(&users)
+        .execute(&mut *tx)
+        .await?;
+    // the shared retrain counter (cluster_state, migration 0004) counts them as
+    // changes; last, so its row lock is held only through the commit
+    sqlx::query("UPDATE cluster_state SET changes = changes + $1 WHERE id = 1")
+        .bind(received as i64)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    part.rows += received;
+    Ok(())
+}
+
+/// Sends `rows` (binary COPY rows) to `statement`, with the header and trailer.
+async fn copy(conn: &mut PgConnection, statement: &str, rows: Vec<u8>) -> anyhow::Result<()> {
+    let mut copy = conn.copy_in_raw(statement).await?;
+    copy.send(header()).await?;
+    for piece in rows.chunks(SEND_BYTES) {
+        copy.send(piece).await?;
+    }
+    copy.send((-1i16).to_be_bytes().as_slice()).await?;
+    copy.finish().await?;
+    Ok(())
+}
+
+/// Appends one `ratings` row in binary COPY format.
+fn encode(buf: &mut Vec<u8>, user: i64, item: i64, rating: f32, ts: i64) {
+    buf.extend_from_slice(&4i16.to_be_bytes());
+    for v in [user, item] {
+        buf.extend_from_slice(&8i32.to_be_bytes());
+        buf.extend_from_slice(&v.to_be_bytes());
+    }
+    buf.extend_from_slice(&8i32.to_be_bytes());
+    buf.extend_from_slice(&(rating as f64).to_be_bytes());
+    buf.extend_from_slice(&8i32.to_be_bytes());
+    buf.extend_from_slice(&ts.to_be_bytes());
+}
+
+/// The binary COPY header (signature, flags, no extension).
+fn header() -> Vec<u8> {
+    let mut buf = b"PGCOPY\n\xff\r\n\0".to_vec();
+    buf.extend_from_slice(&0u32.to_be_bytes());
+    buf.extend_from_slice(&0u32.to_be_bytes());
+    buf
 }
