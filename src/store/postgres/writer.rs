@@ -1,4 +1,4 @@
-//! Group commit on PostgreSQL: a task takes the queued writes and commits them in one transaction, answering each only after `COMMIT`.
+//! Group commit on PostgreSQL: a task takes the queued writes and commits them in group transactions, up to two at once, answering each request only after its `COMMIT`.
 //!
 //! The same channel and answers as the SQLite writer thread (`store/writer`): what is
 //! queued (up to [`MAX_GROUP_RATINGS`](crate::store::writer::MAX_GROUP_RATINGS) ratings) becomes one transaction. Within it,
@@ -10,6 +10,15 @@
 //! holds more than one request, each request runs again in its own transaction, so
 //! only the failing ones fail. Keys of committed ids are cached: ids are never
 //! renumbered or removed.
+//!
+//! One group transaction keeps one PostgreSQL backend busy while the server waits
+//! (`docs/benchmarks.md`, "PostgreSQL batches"), so [`IN_FLIGHT`] groups run at once,
+//! each on its own connection. Two groups in flight hold requests that were all
+//! waiting for their answer at the same time, so neither order of the two is wrong; a
+//! pair written by both is written by the later commit (the upsert waits for the
+//! other's row lock). Rows are upserted in key order and changed users recorded in
+//! id order, so two groups lock rows in one order; only the insertion of new ids,
+//! in order of first appearance, takes turns ([`Shared::new_keys`]).
 
 use crate::domain::NewRating;
 use crate::rated::RecentWrites;
@@ -18,7 +27,12 @@ use crate::store::writer::{fill_group, Msg};
 use crate::store::StoreError;
 use foldhash::HashMap;
 use sqlx::{PgConnection, PgPool};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use tokio::sync::Semaphore;
+
+/// Group transactions committing at once, each on its own connection: while one
+/// waits for its statements or its `COMMIT`, the next group runs.
+const IN_FLIGHT: usize = 2;
 
 /// Upserts a batch of (user key, item key, rating, timestamp) rows.
 const UPSERT: &str = "INSERT INTO ratings (user_id, item_id, rating, ts) \
@@ -44,11 +58,18 @@ struct KeyCache {
 }
 
 /// Takes messages until every handle is gone or a `Stop` was followed by an empty
-/// queue; each group is committed before the next is taken.
+/// queue, and commits them in groups, up to [`IN_FLIGHT`] group transactions at once
+/// (each on its own connection); waits for the last ones before returning.
 #[tracing::instrument(name = "writer", skip_all)]
 pub(crate) async fn run(pool: PgPool, rx: flume::Receiver<Msg>, recent: Arc<RecentWrites>) {
-    let mut cache = KeyCache::default();
-    let mut group: Vec<Job> = Vec::new();
+    let shared = Arc::new(Shared {
+        pool,
+        cache: Mutex::new(KeyCache::default()),
+        new_keys: tokio::sync::Mutex::new(()),
+        recent,
+    });
+    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    let mut running = tokio::task::JoinSet::new();
     let mut stopping = false;
     loop {
         let received = if stopping {
@@ -64,27 +85,46 @@ pub(crate) async fn run(pool: PgPool, rx: flume::Receiver<Msg>, recent: Arc<Rece
             }
             None => break,
         };
+        // a free slot first, so that the group takes what queued while both were busy
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+            break;
+        };
+        let mut group = Vec::new();
         stopping |= fill_group(first, &rx, &mut group).1;
-        commit_group(&pool, &mut cache, &recent, &mut group).await;
+        let shared = Arc::clone(&shared);
+        running.spawn(async move {
+            commit_group(&shared, &mut group).await;
+            drop(slot);
+        });
+        while running.try_join_next().is_some() {}
     }
+    while running.join_next().await.is_some() {}
     tracing::debug!("writer task stopped");
 }
 
+/// What the writer's group transactions share.
+struct Shared {
+    pool: PgPool,
+    cache: Mutex<KeyCache>,
+    /// Held while a group inserts its new user and item ids: two groups inserting the
+    /// same new ids in different orders (the order of first appearance) would wait
+    /// for each other's commit, a deadlock; in turn, the second waits for the first's
+    /// commit only where they share new ids.
+    new_keys: tokio::sync::Mutex<()>,
+    recent: Arc<RecentWrites>,
+}
+
 /// Commits a group and answers it (each request alone after a failed group).
-async fn commit_group(
-    pool: &PgPool,
-    cache: &mut KeyCache,
-    recent: &RecentWrites,
-    group: &mut Vec<Job>,
-) {
-    match run_jobs(pool, cache, group).await {
+async fn commit_group(shared: &Shared, group: &mut Vec<Job>) {
+    let recent = &*shared.recent;
+    match run_jobs(shared, group).await {
         Ok(results) => answer(recent, group, results.into_iter().map(Ok).collect()),
         // (an unreachable database fails every request alike: no point retrying each)
         Err(e) if group.len() > 1 && !e.is_unavailable() => {
             tracing::debug!(error = %e, "group failed; one transaction per request");
             for job in std::mem::take(group) {
                 let mut one = vec![job];
-                let result = match run_jobs(pool, cache, &one).await {
+                let result = match run_jobs(shared, &one).await {
                     Ok(mut r) => Ok(r.remove(0)),
                     Err(e) => {
                         tracing::warn!(error = %e, "write failed");
@@ -104,35 +144,28 @@ async fn commit_group(
 
 /// Runs `jobs` in one transaction; the result of each (deletions: whether there was
 /// a rating) once it committed.
-async fn run_jobs(
-    pool: &PgPool,
-    cache: &mut KeyCache,
-    jobs: &[Job],
-) -> Result<Vec<bool>, StoreError> {
-    let mut tx = pool.begin().await?;
+async fn run_jobs(shared: &Shared, jobs: &[Job]) -> Result<Vec<bool>, StoreError> {
+    let mut tx = shared.pool.begin().await?;
     let ratings = || {
         jobs.iter().flat_map(|j| match &j.op {
             Op::Upsert(r) => r.as_slice(),
             Op::Delete(..) | Op::ForgetUser { .. } | Op::RetireItem { .. } => &[],
         })
     };
-    let new_users = keys(
-        &mut tx,
-        &cache.users,
-        Side::Users,
-        ratings().map(|r| r.user.as_str()),
-    )
-    .await?;
-    let new_items = keys(
-        &mut tx,
-        &cache.items,
-        Side::Items,
-        ratings().map(|r| r.item.as_str()),
-    )
-    .await?;
-    let key = |cache: &HashMap<String, i64>, new: &HashMap<String, i64>, id: &str| {
-        cache.get(id).or_else(|| new.get(id)).copied()
-    };
+    // the keys of the group's ids: from the cache, the rest inserted or read now
+    let (mut users, missing_users) =
+        shared.cache_lookup(Side::Users, ratings().map(|r| r.user.as_str()));
+    let (mut items, missing_items) =
+        shared.cache_lookup(Side::Items, ratings().map(|r| r.item.as_str()));
+    let (mut new_users, mut new_items) = (HashMap::default(), HashMap::default());
+    if !missing_users.is_empty() || !missing_items.is_empty() {
+        let _turn = shared.new_keys.lock().await;
+        new_users = keys(&mut tx, Side::Users, &missing_users).await?;
+        new_items = keys(&mut tx, Side::Items, &missing_items).await?;
+    }
+    users.extend(new_users.iter().map(|(k, v)| (k.as_str(), *v)));
+    items.extend(new_items.iter().map(|(k, v)| (k.as_str(), *v)));
+    let key = |known: &HashMap<&str, i64>, id: &str| known.get(id).copied();
     let mut results = Vec::with_capacity(jobs.len());
     // rating changes committed, as `RecentWrites` counts them (the shared retrain counter)
     let mut changes = 0i64;
@@ -141,11 +174,7 @@ async fn run_jobs(
         match &job.op {
             Op::Upsert(rs) => {
                 for r in rs {
-                    let row = keyed(
-                        r,
-                        |u| key(&cache.users, &new_users, u),
-                        |i| key(&cache.items, &new_items, i),
-                    )?;
+                    let row = keyed(r, |u| key(&users, u), |i| key(&items, i))?;
                     pending.push(row);
                     changes += 1;
                 }
@@ -225,6 +254,7 @@ async fn run_jobs(
     }
     record_changes(&mut tx, jobs).await?;
     tx.commit().await?;
+    let mut cache = shared.cache.lock().unwrap_or_else(|p| p.into_inner());
     cache.users.extend(new_users);
     cache.items.extend(new_items);
     Ok(results)
@@ -255,24 +285,50 @@ fn keyed(
     }
 }
 
+impl Shared {
+    /// The cached keys of `ids`, and the ids not cached (each once, first appearance
+    /// first).
+    fn cache_lookup<'a>(
+        &self,
+        side: Side,
+        ids: impl Iterator<Item = &'a str>,
+    ) -> (HashMap<&'a str, i64>, Vec<&'a str>) {
+        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let cache = match side {
+            Side::Users => &cache.users,
+            Side::Items => &cache.items,
+        };
+        let mut known = HashMap::default();
+        let mut missing = Vec::new();
+        let mut seen = foldhash::HashSet::default();
+        for id in ids {
+            if !seen.insert(id) {
+                continue;
+            }
+            match cache.get(id) {
+                Some(&k) => {
+                    known.insert(id, k);
+                }
+                None => missing.push(id),
+            }
+        }
+        (known, missing)
+    }
+}
+
 #[derive(Clone, Copy)]
 enum Side {
     Users,
     Items,
 }
 
-/// Inserts the ids the cache does not know (first appearance first) and returns
-/// their keys.
-async fn keys<'a>(
+/// Inserts the ids `missing` (in their order: first appearance first) where the
+/// table does not have them, and returns the keys of all of them.
+async fn keys(
     conn: &mut PgConnection,
-    cache: &HashMap<String, i64>,
     side: Side,
-    ids: impl Iterator<Item = &'a str>,
+    missing: &[&str],
 ) -> Result<HashMap<String, i64>, StoreError> {
-    let mut seen = foldhash::HashSet::default();
-    let missing: Vec<&str> = ids
-        .filter(|id| !cache.contains_key(*id) && seen.insert(*id))
-        .collect();
     if missing.is_empty() {
         return Ok(HashMap::default());
     }
@@ -289,11 +345,11 @@ async fn keys<'a>(
         ),
     };
     sqlx::query(insert)
-        .bind(&missing)
+        .bind(missing)
         .execute(&mut *conn)
         .await?;
     let rows: Vec<(String, i64)> = sqlx::query_as(select)
-        .bind(&missing)
+        .bind(missing)
         .fetch_all(&mut *conn)
         .await?;
     Ok(rows.into_iter().collect())
