@@ -280,6 +280,61 @@ async fn batches_are_all_or_nothing(db: &TestDb) {
     task.finish().await;
 }
 
+contract!(concurrent_batches_with_shared_new_ids);
+/// Batches sent at once that name the same new users and items in different orders
+/// (on PostgreSQL two group transactions run at once and insert new ids in order of
+/// first appearance): every batch is acknowledged, every pair is stored once, and
+/// each stored rating is whole, its value and timestamp from the same batch.
+async fn concurrent_batches_with_shared_new_ids(db: &TestDb) {
+    let store = &db.store;
+    let (w, task) = db.writer();
+    let (batches, users, items) = (12i64, 40usize, 30usize);
+    let mut sent = Vec::new();
+    for t in 0..batches {
+        let batch: Vec<NewRating> = (0..users)
+            .map(|k| (k + 3 * t as usize) % users) // each batch starts at another user
+            .map(|u| {
+                let item = format!("item{}", (u + t as usize) % items);
+                rating(&format!("user{u}"), &item, 1.0 + (t % 5) as f32, t)
+            })
+            .collect();
+        let w = w.clone();
+        // staggered, so that batches queue while earlier groups commit
+        let wait = std::time::Duration::from_millis(2 * t as u64);
+        sent.push(tokio::spawn(async move {
+            tokio::time::sleep(wait).await;
+            w.upsert(batch).await
+        }));
+    }
+    for s in sent {
+        s.await.unwrap().expect("every batch is acknowledged");
+    }
+    task.finish().await;
+    // pair (user u, item i) was written by the batches t with (u + t) % items == i
+    let mut pairs = std::collections::HashSet::new();
+    for u in 0..users {
+        let got = all_of(store, &format!("user{u}")).await;
+        for (item, value, ts) in &got {
+            let i: usize = item.trim_start_matches("item").parse().unwrap();
+            assert_eq!(
+                (u + *ts as usize) % items,
+                i,
+                "user{u} {item} from batch {ts}"
+            );
+            assert_eq!(*value, 1.0 + (ts % 5) as f32, "user{u} {item}: a whole row");
+            pairs.insert((u, i));
+        }
+        assert_eq!(got.len(), pairs.iter().filter(|p| p.0 == u).count());
+    }
+    let want: std::collections::HashSet<(usize, usize)> = (0..batches as usize)
+        .flat_map(|t| (0..users).map(move |u| (u, (u + t) % items)))
+        .collect();
+    assert_eq!(pairs, want);
+    assert_eq!(store.count_ratings().await.unwrap(), want.len() as u64);
+    let scan = store.load_training_rows().await.unwrap();
+    assert_eq!((scan.users.len(), scan.items.len()), (users, items));
+}
+
 contract!(paging);
 async fn paging(db: &TestDb) {
     let store = &db.store;
