@@ -82,12 +82,14 @@ const USER_CHANGES: &str = "INSERT INTO user_changes (ext_id, xid) \
      SELECT u, pg_current_xact_id() FROM unnest($1::text[]) AS t(u) \
      ON CONFLICT (ext_id) DO UPDATE SET xid = excluded.xid";
 
-/// Rows for a stream, their items' keys resolved, their users by index into `users`.
+/// Rows for a stream (or of one stream transaction), their users by index into
+/// `users`. Sent with their items' keys; while read, the item is the import's index of
+/// it ([`Waiting`]).
 #[derive(Default)]
 struct Chunk {
     users: Vec<String>,
     user_index: HashMap<String, u32>,
-    /// (user index, item key, input position, rating, timestamp)
+    /// (user index, item, input position, rating, timestamp)
     rows: Vec<(u32, i64, u64, f32, i64)>,
 }
 
