@@ -126,15 +126,3 @@ machine_note() {
   echo "store: $STORE_NAME; date: $(date -u '+%Y-%m-%d %H:%M UTC'); commit: $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
   echo "wrk: $THREADS threads, ${SECS} s per run, $ROUNDS rounds interleaved"
 }
-
-# serve_bench_model: the server of bench-serve.sh and profile-serve.sh on the seeded
-# store, with a model that trains in seconds (sgd, 100 factors, 40 epochs, one training
-# thread; retraining off, so nothing trains during the measurement); waits for it.
-serve_bench_model() {
-  export FUNKREC__MODEL__TRAINER=sgd FUNKREC__MODEL__FACTORS=100 FUNKREC__MODEL__EPOCHS=40 \
-    FUNKREC__MODEL__THREADS=1 FUNKREC__TRAINING__RETRAIN_AFTER_RATINGS=0 \
-    FUNKREC__TRAINING__RETRAIN_INTERVAL_SECS=0
-  start_server
-  echo "== server on $BASE; model: sgd, 100 factors, 40 epochs (trains at start)"
-  wait_for_model
-}

@@ -5,13 +5,19 @@
 # run, for each, BENCH_SECS-second wrk runs (2 threads, 64 connections):
 #   healthz, top10, top10_foldin (top10 beside the known-user write mix of bench-serve.sh)
 #   and top10_unknownw (top10 beside the same mix for users the snapshot does not know:
-#   the writes' own cost, without fold-ins).
+#   the writes' own cost, without fold-ins),
+# then two runs of one connection (1 wrk thread) with nothing else running:
+#   write_alone (single-rating POSTs back to back) and top10_alone.
 # Each line also gives the server's CPU time per request (utime + stime of the process
 # from /proc, all threads) and the host's steal ticks during the run: on a shared VM
-# the CPU per request moves less than the throughput.
+# the CPU per request moves less than the throughput. PERF=1 also records each run
+# with `perf record -e cpu-clock -F 1999 -g` of the server into
+# $PERF_DIR/perf-ROUND-BINARY-RUN.data (default /tmp; read them with
+# `perf report -i FILE --no-children --sort comm,symbol`).
 #
 #   scripts/bench-serve-compare.sh OLD_BINARY NEW_BINARY [MORE...]
-#   BENCH_SECS=8 BENCH_ROUNDS=3
+#   scripts/bench-serve-compare.sh BINARY      # one build: where its CPU goes
+#   BENCH_SECS=8 BENCH_ROUNDS=3 PERF=
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -60,10 +66,16 @@ steal() { awk '/^cpu /{print $9}' /proc/stat; }
 fields() { sed -E 's/RESULT rps=([0-9.]+) p50_ms=([0-9.]+) p99_ms=([0-9.]+) requests=([0-9]+).*/rps=\1 p50_ms=\2 p99_ms=\3 requests=\4/'; }
 # measure LABEL PID WRK_ARGS...: one wrk run with the server's CPU µs per request
 measure() {
-  local label=$1 pid=$2 c0 s0 out n
+  local label=$1 pid=$2 c0 s0 out n perf_pid=
   shift 2
+  if [[ -n "${PERF:-}" ]]; then
+    perf record -e cpu-clock -F 1999 -g -p "$pid" -o "${PERF_DIR:-/tmp}/perf-${label// /-}.data" \
+      -- sleep "$SECS" >/dev/null 2>&1 &
+    perf_pid=$!
+  fi
   c0=$(cpu "$pid"); s0=$(steal)
   out=$(wrk "$@" | grep '^RESULT' | fields)
+  [[ -n "$perf_pid" ]] && wait "$perf_pid"
   n=${out##*requests=}
   echo "$label $out cpu_us_per_req=$(python3 -c "print(round(($(cpu "$pid") - $c0) * 1e6 / $(getconf CLK_TCK) / $n, 1))") steal=$(($(steal) - s0))"
 }
@@ -84,5 +96,8 @@ for round in $(seq 1 "$ROUNDS"); do
     measure "$round $name top10" "$pid" -t2 -c64 -d"${SECS}s" -s "$W/recs.lua" "http://127.0.0.1:$port/"
     beside "$round $name top10_foldin" "$pid" "$port" 1-943
     beside "$round $name top10_unknownw" "$pid" "$port" 100000-900000
+    FOLDIN_DELAY_MS=0 WRITE_USERS=1-943 measure "$round $name write_alone" "$pid" -t1 -c1 -d"${SECS}s" \
+      -s "$W/post-known.lua" "http://127.0.0.1:$port/v1/ratings"
+    measure "$round $name top10_alone" "$pid" -t1 -c1 -d"${SECS}s" -s "$W/recs.lua" "http://127.0.0.1:$port/"
   done
 done

@@ -31,7 +31,12 @@
 source "$(dirname "$0")/bench-common.sh"
 
 seed_store
-serve_bench_model
+export FUNKREC__MODEL__TRAINER=sgd FUNKREC__MODEL__FACTORS=100 FUNKREC__MODEL__EPOCHS=40 \
+  FUNKREC__MODEL__THREADS=1 FUNKREC__TRAINING__RETRAIN_AFTER_RATINGS=0 \
+  FUNKREC__TRAINING__RETRAIN_INTERVAL_SECS=0
+start_server
+echo "== server on $BASE; model: sgd, 100 factors, 40 epochs (trains at start)"
+wait_for_model
 CHECKED=$BASE
 NOCHECK=
 if [[ -n "$PG_DB" ]]; then
