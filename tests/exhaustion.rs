@@ -261,20 +261,20 @@ fn fifteen_hundred_half_sent_headers_against_1024_open_files() {
     assert_eq!(accepting["max_connections"], 1024 - 128);
     srv.post_acked("kept", 3);
 
-    let opened = Instant::now();
-    // (socket, when its handshake completed)
-    let stalled: Vec<(TcpStream, Instant)> = (0..1500)
-        .map(|_| (stall(&srv.addr), Instant::now()))
-        .collect();
     // every stalled connection is closed by the server: by eviction at the cap or by the
-    // 5 s header-read timeout; a reader thread per 100 sockets records how long each
-    // stayed open after its handshake
+    // 5 s header-read timeout. A reader thread per 25 sockets, started as soon as they
+    // are open (opening can take seconds: a full accept queue drops a SYN, which the
+    // kernel sends again after 1 s), reads them in the order they were opened and records
+    // how long each stayed open after its handshake; a close it sees late, while it
+    // waited on an earlier socket, is still within that earlier socket's bound
     let (closed_tx, closed_rx) = mpsc::channel::<Duration>();
-    for chunk in stalled.chunks(100) {
-        let socks: Vec<(TcpStream, Instant)> = chunk
-            .iter()
-            .map(|(s, t)| (s.try_clone().unwrap(), *t))
+    let mut stalled: Vec<TcpStream> = Vec::with_capacity(1500);
+    for _ in 0..60 {
+        // (socket, when its handshake completed)
+        let socks: Vec<(TcpStream, Instant)> = (0..25)
+            .map(|_| (stall(&srv.addr), Instant::now()))
             .collect();
+        stalled.extend(socks.iter().map(|(s, _)| s.try_clone().unwrap()));
         let tx = closed_tx.clone();
         std::thread::spawn(move || {
             for (mut s, connected) in socks {
@@ -299,7 +299,8 @@ fn fifteen_hundred_half_sent_headers_against_1024_open_files() {
     drop(closed_tx);
     // probes and the API answer a fresh client within 1 s, throughout
     let mut probes = 0;
-    while opened.elapsed() < Duration::from_secs(8) {
+    let probing = Instant::now();
+    while probing.elapsed() < Duration::from_secs(8) {
         for path in ["/healthz", "/v1/users/kept/ratings"] {
             let (s, v, took) = srv.request("GET", path, None);
             assert_eq!(s, 200, "{path}: {v}");

@@ -974,5 +974,35 @@ async fn change_checks(db: &TestDb) {
             "{u}"
         );
     }
+    // a transaction that got its id before a later one but commits after it (as a
+    // writer of another replica may): found once it commits
+    let mut early = sqlx::PgConnection::connect(&db.settings.database_url())
+        .await
+        .unwrap();
+    sqlx::raw_sql("BEGIN").execute(&mut early).await.unwrap();
+    sqlx::raw_sql(
+        "INSERT INTO change_log (xid, users) \
+         VALUES (pg_current_xact_id()::text::int8, ARRAY['late'])",
+    )
+    .execute(&mut early)
+    .await
+    .unwrap();
+    w.upsert(vec![rating("u0", "z", 5.0, 4)]).await.unwrap();
+    assert!(store
+        .changed_since(&uid("u0"), &later)
+        .await
+        .unwrap()
+        .is_some());
+    assert_eq!(
+        store.changed_since(&uid("late"), &later).await.unwrap(),
+        None,
+        "not committed yet"
+    );
+    sqlx::raw_sql("COMMIT").execute(&mut early).await.unwrap();
+    assert!(store
+        .changed_since(&uid("late"), &later)
+        .await
+        .unwrap()
+        .is_some());
     task.finish().await;
 }

@@ -21,6 +21,7 @@
 //! items inserted so far). The service may keep running meanwhile (PostgreSQL needs
 //! no store lock).
 
+use super::writer::{COUNT_CHANGES, COUNT_SLOTS, LOG_CHANGES};
 use crate::store::{ImportRow, ImportStats};
 use anyhow::Context;
 use foldhash::HashMap;
@@ -76,12 +77,6 @@ const COPY_STAGE: &str =
 const MERGE_KNOWN: &str = "INSERT INTO ratings (user_id, item_id, rating, ts) \
      SELECT user_id, item_id, rating, ts FROM import_stage ORDER BY user_id, item_id \
      ON CONFLICT (user_id, item_id) DO UPDATE SET rating = excluded.rating, ts = excluded.ts";
-/// The imported users changed (read-your-writes across replicas: `writer.rs`); `$1`
-/// sorted, so that concurrent upserts take the rows' locks in one order.
-const USER_CHANGES: &str = "INSERT INTO user_changes (ext_id, xid) \
-     SELECT u, pg_current_xact_id() FROM unnest($1::text[]) AS t(u) \
-     ON CONFLICT (ext_id) DO UPDATE SET xid = excluded.xid";
-
 /// Rows for a stream (or of one stream transaction), their users by index into
 /// `users`. Sent with their items' keys; while read, the item is the import's index of
 /// it ([`Waiting`]).
@@ -124,6 +119,8 @@ enum Msg {
 struct Part {
     rows: u64,
     new_users: u64,
+    /// The stream's `change_counts` slot.
+    slot: usize,
 }
 
 /// The stream of a user: FNV-1a of the id (fixed, so a re-import splits alike).
@@ -148,11 +145,11 @@ where
 {
     let mut senders = Vec::with_capacity(STREAMS);
     let mut tasks = Vec::with_capacity(STREAMS);
-    for _ in 0..STREAMS {
+    for n in 0..STREAMS {
         let (tx, rx) = mpsc::channel(QUEUE);
         let conn = pool.acquire().await?;
         senders.push(tx);
-        tasks.push(tokio::spawn(stream(conn, rx)));
+        tasks.push(tokio::spawn(stream(conn, rx, n)));
     }
     let mut items = Items {
         conn: pool.acquire().await?,
@@ -350,8 +347,12 @@ async fn resolve_keys(
 async fn stream(
     mut conn: PoolConnection<Postgres>,
     mut rx: mpsc::Receiver<Msg>,
+    n: usize,
 ) -> anyhow::Result<Part> {
-    let mut part = Part::default();
+    let mut part = Part {
+        slot: n % COUNT_SLOTS,
+        ..Part::default()
+    };
     let mut batch = Chunk::default();
     while let Some(msg) = rx.recv().await {
         let Msg::Rows(chunk) = msg else {
@@ -433,15 +434,16 @@ async fn write(conn: &mut PgConnection, batch: Chunk, part: &mut Part) -> anyhow
             .context("copying rows")?;
         sqlx::query(MERGE_KNOWN).execute(&mut *tx).await?;
     }
+    // the imported users changed (read-your-writes across replicas: `writer.rs`)
     users.sort_unstable();
-    sqlx::query(USER_CHANGES)
+    sqlx::query(LOG_CHANGES)
         .bind(&users)
         .execute(&mut *tx)
         .await?;
-    // the shared retrain counter (cluster_state, migration 0004) counts them as
-    // changes; last, so its row lock is held only through the commit
-    sqlx::query("UPDATE cluster_state SET changes = changes + $1 WHERE id = 1")
+    // the shared retrain counter counts them as changes (the stream's own slot)
+    sqlx::query(COUNT_CHANGES)
         .bind(received as i64)
+        .bind(part.slot as i16)
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;

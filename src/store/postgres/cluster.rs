@@ -107,6 +107,27 @@ pub(super) async fn insert_model_row(
     Ok(())
 }
 
+/// With a model published to serve: deletes the change log's rows below the oldest
+/// transaction that was running when the model before it was published, and records
+/// that bound as the log's floor (migration `0006_change_log.sql`). Every replica
+/// serving that model or a later one scanned the database after that moment (to build
+/// its rated-items index), so rows below it are visible in every such scan; a replica
+/// that asks from below the floor learns it from its read (`changes.rs`).
+async fn prune_change_log(tx: &mut sqlx::Transaction<'_, Postgres>) -> Result<(), StoreError> {
+    let floor: i64 = sqlx::query_scalar(
+        "UPDATE cluster_state SET change_floor = change_next, \
+         change_next = pg_snapshot_xmin(pg_current_snapshot())::text::int8 \
+         WHERE id = 1 RETURNING change_floor",
+    )
+    .fetch_one(&mut **tx)
+    .await?;
+    sqlx::query("DELETE FROM change_log WHERE xid < $1")
+        .bind(floor)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
 impl PgStore {
     /// Stores a published model: its row, its file in chunks and their checksum, in
     /// one transaction that also notifies [`MODEL_CHANNEL`].
@@ -149,6 +170,9 @@ impl PgStore {
         .bind(chunks)
         .execute(&mut *tx)
         .await?;
+        if row.state == crate::store::MODEL_SERVING {
+            prune_change_log(&mut tx).await?;
+        }
         sqlx::query("SELECT pg_notify($1, $2)")
             .bind(MODEL_CHANNEL)
             .bind(row.version.to_string())
@@ -223,7 +247,8 @@ impl PgStore {
             i64,
             Option<f64>,
         ) = sqlx::query_as(
-            "SELECT changes, requests, changes_consumed, requests_consumed, \
+            "SELECT changes + (SELECT COALESCE(SUM(changes), 0) FROM change_counts)::int8, \
+             requests, changes_consumed, requests_consumed, \
              EXTRACT(EPOCH FROM now() - last_run_at)::float8 FROM cluster_state WHERE id = 1",
         )
         .fetch_one(&self.pool)

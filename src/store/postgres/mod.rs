@@ -75,10 +75,10 @@ impl PgStore {
         self
     }
 
-    /// The id of the latest transaction that changed `user`'s ratings, if it is not
-    /// visible in `snapshot` (committed after the scan, or in progress during it); None
-    /// when every change of the user is in the scan. Concurrent questions share one
-    /// query (one primary-key probe per user, [`changes`]).
+    /// None when every change of `user`'s ratings is visible in `snapshot`; otherwise
+    /// (a change committed after the scan, or in progress during it) a tag that the
+    /// user's next change replaces. Concurrent questions share one read of the change
+    /// log ([`changes`]).
     pub(crate) async fn changed_since(
         &self,
         user: &UserId,

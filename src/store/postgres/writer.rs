@@ -16,9 +16,11 @@
 //! each on its own connection. Two groups in flight hold requests that were all
 //! waiting for their answer at the same time, so neither order of the two is wrong; a
 //! pair written by both is written by the later commit (the upsert waits for the
-//! other's row lock). Rows are upserted in key order and changed users recorded in
-//! id order, so two groups lock rows in one order; only the insertion of new ids,
-//! in order of first appearance, takes turns ([`Shared::new_keys`]).
+//! other's row lock). Rows are upserted in key order, so two groups lock rows in one
+//! order; the users a group changed go into one new row of the change log, and its
+//! count into a retrain counter slot of its own, so neither waits for the other
+//! there; only the insertion of new ids, in order of first appearance, takes turns
+//! ([`Shared::new_keys`]).
 
 use crate::domain::NewRating;
 use crate::rated::RecentWrites;
@@ -27,6 +29,7 @@ use crate::store::writer::{fill_group, Msg};
 use crate::store::StoreError;
 use foldhash::HashMap;
 use sqlx::{PgConnection, PgPool};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::Semaphore;
 
@@ -43,12 +46,18 @@ const DELETE: &str = "DELETE FROM ratings \
      WHERE user_id = (SELECT id FROM users WHERE ext_id = $1) \
      AND item_id = (SELECT id FROM items WHERE ext_id = $2)";
 
-/// Records the users a transaction changed, with its id, in the same transaction
-/// (migration `0005_user_changes.sql`; read by `PgStore::changed_since`). The ids come
-/// sorted, so concurrent writers lock the rows in one order.
-const USER_CHANGES: &str = "INSERT INTO user_changes (ext_id, xid) \
-     SELECT u, pg_current_xact_id() FROM unnest($1::text[]) AS t(u) \
-     ON CONFLICT (ext_id) DO UPDATE SET xid = excluded.xid";
+/// Records the users a transaction changed, with its id, in the same transaction: one
+/// row of the change log (migration `0006_change_log.sql`; read by
+/// `PgStore::changed_since`).
+pub(super) const LOG_CHANGES: &str =
+    "INSERT INTO change_log (xid, users) VALUES (pg_current_xact_id()::text::int8, $1)";
+
+/// Adds to the retrain counter in one of the slots of `change_counts`.
+pub(super) const COUNT_CHANGES: &str =
+    "UPDATE change_counts SET changes = changes + $1 WHERE slot = $2";
+
+/// Slots of `change_counts` (migration `0006_change_log.sql`).
+pub(super) const COUNT_SLOTS: usize = 16;
 
 /// Keys of the user and item ids committed so far.
 #[derive(Default)]
@@ -67,6 +76,8 @@ pub(crate) async fn run(pool: PgPool, rx: flume::Receiver<Msg>, recent: Arc<Rece
         cache: Mutex::new(KeyCache::default()),
         new_keys: tokio::sync::Mutex::new(()),
         recent,
+        // processes start at different slots; each group takes the next one
+        slot: AtomicUsize::new(std::process::id() as usize),
     });
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
     let mut running = tokio::task::JoinSet::new();
@@ -112,6 +123,9 @@ struct Shared {
     /// commit only where they share new ids.
     new_keys: tokio::sync::Mutex<()>,
     recent: Arc<RecentWrites>,
+    /// The `change_counts` slot of the next group: two groups in flight add to
+    /// different rows, so neither waits for the other's commit.
+    slot: AtomicUsize,
 }
 
 /// Commits a group and answers it (each request alone after a failed group).
@@ -246,13 +260,15 @@ async fn run_jobs(shared: &Shared, jobs: &[Job]) -> Result<Vec<bool>, StoreError
         }
     }
     flush(&mut tx, &mut pending).await?;
+    record_changes(&mut tx, jobs).await?;
     if changes > 0 {
-        sqlx::query("UPDATE cluster_state SET changes = changes + $1 WHERE id = 1")
+        let slot = shared.slot.fetch_add(1, Ordering::Relaxed) % COUNT_SLOTS;
+        sqlx::query(COUNT_CHANGES)
             .bind(changes)
+            .bind(slot as i16)
             .execute(&mut *tx)
             .await?;
     }
-    record_changes(&mut tx, jobs).await?;
     tx.commit().await?;
     let mut cache = shared.cache.lock().unwrap_or_else(|p| p.into_inner());
     cache.users.extend(new_users);
@@ -267,9 +283,12 @@ async fn record_changes(conn: &mut PgConnection, jobs: &[Job]) -> Result<(), Sto
     for job in jobs {
         job.op.users(&mut users);
     }
+    if users.is_empty() {
+        return Ok(());
+    }
     users.sort_unstable();
     users.dedup();
-    sqlx::query(USER_CHANGES).bind(&users).execute(conn).await?;
+    sqlx::query(LOG_CHANGES).bind(&users).execute(conn).await?;
     Ok(())
 }
 
