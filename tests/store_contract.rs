@@ -568,6 +568,60 @@ async fn model_states(db: &TestDb) {
     again.close().await;
 }
 
+contract!(change_log_pruned_on_publication);
+/// Publishing a model to serve drops the change log's rows below the oldest transaction
+/// running at the publication before it (every replica serving either model scanned
+/// after that). A question about a scan older than what was dropped gets "changed" for
+/// every user, never a wrong "unchanged". SQLite scans record no snapshot.
+async fn change_log_pruned_on_publication(db: &TestDb) {
+    let store = &db.store;
+    let (w, task) = db.writer();
+    w.upsert(vec![rating("old", "a", 3.0, 1)]).await.unwrap();
+    let Some(first) = store.load_training_rows().await.unwrap().snapshot else {
+        assert_eq!(db.backend, Backend::Sqlite);
+        task.finish().await;
+        return;
+    };
+    w.upsert(vec![rating("mid", "a", 3.0, 2)]).await.unwrap();
+    let file = db._dir.path().join("model.fkm");
+    std::fs::write(&file, b"a model").unwrap();
+    let serving = |v| model_row(v, None, MODEL_SERVING);
+    store.publish_model(&serving(1), &file).await.unwrap();
+    w.upsert(vec![rating("new", "a", 3.0, 3)]).await.unwrap();
+    store.publish_model(&serving(2), &file).await.unwrap();
+    let mut c = sqlx::PgConnection::connect(&db.settings.database_url())
+        .await
+        .unwrap();
+    let logged: Vec<String> =
+        sqlx::query_scalar("SELECT unnest(users) AS u FROM change_log ORDER BY u")
+            .fetch_all(&mut c)
+            .await
+            .unwrap();
+    assert_eq!(logged, vec!["new".to_owned()], "older rows dropped");
+    // a scan after both: nobody changed since
+    let later = store.load_training_rows().await.unwrap().snapshot.unwrap();
+    for u in ["old", "mid", "new", "never"] {
+        assert_eq!(
+            store.changed_since(&uid(u), &later).await.unwrap(),
+            None,
+            "{u}"
+        );
+    }
+    // the first scan: "mid" changed after it, but its row is gone, so every user counts
+    // as changed (served folded from the database)
+    for u in ["old", "mid", "new", "never"] {
+        assert!(
+            store
+                .changed_since(&uid(u), &first)
+                .await
+                .unwrap()
+                .is_some(),
+            "{u}"
+        );
+    }
+    task.finish().await;
+}
+
 contract!(published_models);
 async fn published_models(db: &TestDb) {
     let store = &db.store;
