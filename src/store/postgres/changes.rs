@@ -16,8 +16,9 @@
 //! the scan's snapshot, as `pg_visible_in_snapshot` would.
 
 use crate::store::{ScanSnapshot, StoreError};
-use foldhash::{HashMap, HashSet};
+use foldhash::HashMap;
 use sqlx::postgres::PgPool;
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
@@ -25,8 +26,8 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 pub(crate) const MAX_BATCH: usize = 256;
 /// Most reads of the log at once (each holds one pool connection). Fewer reads in
 /// flight make larger batches: on 2 cores, 2 against 4 took the top-10's p99 at 64
-/// connections from 5.49 to 4.10 ms (`docs/benchmarks.md`, "Read-your-writes from a
-/// change log").
+/// connections from 5.49 to 4.10 ms (`docs/benchmarks.md`, "How many log reads at
+/// once").
 pub(crate) const MAX_IN_FLIGHT: usize = 2;
 /// Most held rows a read names to leave out; beyond that they are sent again.
 const MAX_SKIP: usize = 1024;
@@ -209,8 +210,9 @@ struct Log {
     /// or above `next` are in `held`); `u64::MAX` before the first read.
     from: u64,
     next: u64,
-    /// The transaction ids of the rows held.
-    held: HashSet<u64>,
+    /// The transaction ids of the rows held (in order: a read names those at or above
+    /// where it starts, a handful).
+    held: BTreeSet<u64>,
     /// Per user, each held change: (transaction id, tag).
     users: HashMap<String, Vec<(u64, u64)>>,
     /// The last tag given: every row read gets a new one.
@@ -228,7 +230,7 @@ impl Default for Log {
         Log {
             from: u64::MAX,
             next: u64::MAX,
-            held: HashSet::default(),
+            held: BTreeSet::new(),
             users: HashMap::default(),
             tag: 0,
             hole: 0,
@@ -248,8 +250,8 @@ impl Log {
         };
         let mut skip: Vec<i64> = self
             .held
-            .iter()
-            .filter(|&&x| x >= from)
+            .range(from..)
+            .take(MAX_SKIP + 1)
             .map(|&x| x as i64)
             .collect();
         if skip.len() > MAX_SKIP {
@@ -304,7 +306,7 @@ impl Log {
         if below <= self.from || self.from == u64::MAX {
             return;
         }
-        self.held.retain(|&x| x >= below);
+        self.held = self.held.split_off(&below);
         self.users.retain(|_, changes| {
             changes.retain(|&(x, _)| x >= below);
             !changes.is_empty()
