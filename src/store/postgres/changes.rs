@@ -116,16 +116,22 @@ async fn batcher(
 
 /// Reads the log once for `batch` and replies to each question.
 async fn answer(pool: &PgPool, log: &Mutex<Log>, batch: Vec<Ask>) {
-    let snapshots: Vec<Option<Snap>> = batch.iter().map(|a| Snap::parse(&a.snapshot)).collect();
-    let oldest = snapshots.iter().flatten().map(|s| s.xmin).min();
-    let Some(oldest) = oldest else {
-        for ask in batch {
-            let _ = ask.reply.send(Err(StoreError::Internal(format!(
-                "unreadable scan snapshot {:?}",
-                ask.snapshot.0
-            ))));
-        }
-        return;
+    // the questions of a batch almost always name one snapshot: parsed once
+    let mut snapshots: Vec<Arc<Option<Snap>>> = Vec::with_capacity(batch.len());
+    for (n, ask) in batch.iter().enumerate() {
+        let parsed = match n.checked_sub(1).map(|p| &batch[p].snapshot) {
+            Some(prev) if *prev == ask.snapshot => Arc::clone(&snapshots[n - 1]),
+            _ => Arc::new(Snap::parse(&ask.snapshot)),
+        };
+        snapshots.push(parsed);
+    }
+    let Some(oldest) = snapshots
+        .iter()
+        .filter_map(|s| s.as_ref().as_ref())
+        .map(|s| s.xmin)
+        .min()
+    else {
+        return fail(batch, None);
     };
     let (from, skip) = lock(log).plan(oldest);
     let rows: Result<Vec<LogRow>, StoreError> = sqlx::query_as(READ)
@@ -134,33 +140,30 @@ async fn answer(pool: &PgPool, log: &Mutex<Log>, batch: Vec<Ask>) {
         .fetch_all(pool)
         .await
         .map_err(StoreError::from);
-    let rows = match rows {
-        Ok(rows) => rows,
-        Err(e) => {
-            for ask in batch {
-                let _ = ask.reply.send(Err(e.clone()));
-            }
-            return;
-        }
-    };
     let mut log = lock(log);
-    if let Err(e) = log.merge(from, rows) {
-        for ask in batch {
-            let _ = ask.reply.send(Err(e.clone()));
-        }
-        return;
+    if let Err(e) = rows.and_then(|rows| log.merge(from, rows)) {
+        return fail(batch, Some(e));
     }
     log.prune(oldest);
     for (ask, snap) in batch.into_iter().zip(&snapshots) {
-        let reply = match snap {
+        let reply = match snap.as_ref() {
             Some(s) => Ok(log.changed(&ask.user, s)),
-            None => Err(StoreError::Internal(format!(
-                "unreadable scan snapshot {:?}",
-                ask.snapshot.0
-            ))),
+            None => Err(unreadable(&ask.snapshot)),
         };
         let _ = ask.reply.send(reply);
     }
+}
+
+/// Replies `error` to every question (None: each one's snapshot is unreadable).
+fn fail(batch: Vec<Ask>, error: Option<StoreError>) {
+    for ask in batch {
+        let e = error.clone().unwrap_or_else(|| unreadable(&ask.snapshot));
+        let _ = ask.reply.send(Err(e));
+    }
+}
+
+fn unreadable(snapshot: &ScanSnapshot) -> StoreError {
+    StoreError::Internal(format!("unreadable scan snapshot {:?}", snapshot.0))
 }
 
 fn lock(log: &Mutex<Log>) -> std::sync::MutexGuard<'_, Log> {
