@@ -49,15 +49,21 @@ async fn a_write_on_one_replica_is_reflected_by_another_at_once() {
     // what B would serve if it knew only its own writes.
     // (C trains before B starts: each process numbers versions from the highest it saw
     // at start, and both record theirs in the shared `model` table.)
-    let a = spawn_app_with(|s| s.storage.database_url = url.clone()).await;
+    // Only the train requests train (a trainer elected after the ratings arrive would
+    // also train at the start of its term, and publish a version nobody waits for).
+    let on_pg = |s: &mut funkrec::config::Settings| {
+        s.storage.database_url = url.clone();
+        s.training.train_on_start = false;
+    };
+    let a = spawn_app_with(on_pg).await;
     a.post_ratings(&planted()).await;
     let c = spawn_app_with(|s| {
-        s.storage.database_url = url.clone();
+        on_pg(s);
         s.storage.check_user_changes = false;
     })
     .await;
     c.train().await;
-    let b = spawn_app_with(|s| s.storage.database_url = url.clone()).await;
+    let b = spawn_app_with(on_pg).await;
     let version = b.train().await;
     // B may have loaded the model from the database (another process trained it): its
     // rated-items index is then built by a background scan, which must come before the
