@@ -34,6 +34,10 @@ pub struct ServerSettings {
     pub max_page_size: u32,
     pub default_n: usize,
     pub max_n: usize,
+    /// Users whose last recommendation list (n ≤ 100) each served model keeps, reused
+    /// until the user's ratings change, an item is retired or another model serves;
+    /// 0 = every request ranks again.
+    pub list_cache_users: usize,
     /// Requests handled at once (all routes but the probes and /metrics); more
     /// are shed with `503 overloaded` instead of queueing.
     pub max_concurrent_requests: usize,

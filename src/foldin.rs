@@ -80,14 +80,33 @@ pub struct UserNow {
     pub rated: FixedBitSet,
 }
 
-/// How a request resolves the user before any rating is read.
-enum Plan {
-    /// Unchanged since the snapshot: its own vector (if it knows the user), these
-    /// rated items.
-    Snapshot(FixedBitSet),
-    /// Fold in as of this change (0: nothing since the snapshot, which does not know
-    /// the user); the rated items when already known, else from the fold.
-    Fold(u64, Option<FixedBitSet>),
+/// How a request resolves the user, decided before any rating is read or any bit set
+/// is built ([`plan`]); [`resolve`] then builds the vector and rated items.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plan {
+    /// Unchanged since the snapshot: its own vector (if it knows the user), the rated
+    /// items of its index.
+    Snapshot,
+    /// Fold in as of `change` (0: nothing since the snapshot, which does not know the
+    /// user or must ignore their vector); `indexed`: the rated items are the snapshot
+    /// index's (nothing changed), else they come with the fold.
+    Fold { change: u64, indexed: bool },
+    /// The rated index is not built yet or the recent writes no longer reach back to
+    /// the snapshot: the store says what the user rated.
+    Unindexed,
+}
+
+impl Plan {
+    /// What the user's served vector and rated items are a function of, within one
+    /// snapshot: None for the snapshot's own, the change folded in otherwise; no
+    /// answer for [`Plan::Unindexed`] (nothing stable to key a cached result by).
+    pub fn user_state(&self) -> Option<Option<u64>> {
+        match *self {
+            Plan::Snapshot => Some(None),
+            Plan::Fold { change, .. } => Some(Some(change)),
+            Plan::Unindexed => None,
+        }
+    }
 }
 
 /// Resolves the vector serving `user` from `snap`, folding in when the user's ratings
@@ -96,12 +115,6 @@ enum Plan {
 /// in only when `need_rated` is true. A `forgotten` user (all their ratings deleted
 /// after the snapshot was trained, [`crate::forget`]) never gets the snapshot's vector:
 /// they are always folded from the store (no ratings: [`UserVector::None`]).
-///
-///
-/// Whether the user changed: on PostgreSQL (a snapshot whose scan recorded its
-/// database snapshot) the database is asked, one indexed query that sees the writes of
-/// every replica ([`Store::changed_since`]); otherwise this process's [`RecentWrites`]
-/// say (SQLite: one process writes).
 pub async fn user_now(
     snap: &Snapshot,
     recent: &RecentWrites,
@@ -110,43 +123,74 @@ pub async fn user_now(
     need_rated: bool,
     forgotten: bool,
 ) -> Result<UserNow, StoreError> {
+    let plan = plan(snap, recent, store, user, forgotten).await?;
+    resolve(plan, snap, store, user, need_rated, forgotten).await
+}
+
+/// Whether `user` changed since the snapshot, and so how [`resolve`] serves them.
+///
+/// On PostgreSQL (a snapshot whose scan recorded its database snapshot) the database
+/// is asked, one indexed query that sees the writes of every replica
+/// ([`Store::changed_since`]); otherwise this process's [`RecentWrites`] say (SQLite:
+/// one process writes).
+pub async fn plan(
+    snap: &Snapshot,
+    recent: &RecentWrites,
+    store: &Store,
+    user: &UserId,
+    forgotten: bool,
+) -> Result<Plan, StoreError> {
+    let name = user.as_str();
+    let known = snap.model.users.get(name);
+    let Some(r) = snap.rated.get() else {
+        return Ok(Plan::Unindexed);
+    };
+    let Some(scan) = &r.snapshot else {
+        return Ok(local_plan(r, recent, name, known, forgotten));
+    };
+    match store.changed_since(user, scan).await {
+        Ok(Some(change)) => Ok(Plan::Fold {
+            change,
+            indexed: false,
+        }),
+        Ok(None) => Ok(unchanged(r, name, known, forgotten)),
+        // Database down: keep serving the model, with this process's own writes (no
+        // replica can acknowledge a write meanwhile either).
+        Err(e) if e.is_unavailable() => {
+            tracing::debug!(error = %e, "change check unavailable; local writes only");
+            Ok(local_plan(r, recent, name, known, forgotten))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The vector and (when `need_rated`) rated items of `user` under `plan`.
+pub async fn resolve(
+    plan: Plan,
+    snap: &Snapshot,
+    store: &Store,
+    user: &UserId,
+    need_rated: bool,
+    forgotten: bool,
+) -> Result<UserNow, StoreError> {
     let m = &snap.model;
     let name = user.as_str();
     let known = m.users.get(name);
-    let plan = match snap.rated.get() {
-        None => None,
-        Some(r) => match &r.snapshot {
-            Some(scan) => match store.changed_since(user, scan).await {
-                Ok(Some(change)) => Some(Plan::Fold(change, None)),
-                Ok(None) => {
-                    let bits = match need_rated {
-                        true => rated::item_bits(m, r.index.items(name, known)),
-                        false => FixedBitSet::new(),
-                    };
-                    Some(unchanged(r, name, known, forgotten, bits))
-                }
-                // Database down: keep serving the model, with this process's own
-                // writes (no replica can acknowledge a write meanwhile either).
-                Err(e) if e.is_unavailable() => {
-                    tracing::debug!(error = %e, "change check unavailable; local writes only");
-                    local_plan(snap, r, recent, name, known, forgotten, need_rated)
-                }
-                Err(e) => return Err(e),
-            },
-            None => local_plan(snap, r, recent, name, known, forgotten, need_rated),
-        },
+    let index_bits = || match (need_rated, snap.rated.get()) {
+        (true, Some(r)) => rated::item_bits(m, r.index.items(name, known)),
+        _ => FixedBitSet::new(),
     };
     match plan {
-        Some(Plan::Snapshot(bits)) => Ok(UserNow {
+        Plan::Snapshot => Ok(UserNow {
             vector: known.map_or(UserVector::None, UserVector::Snapshot),
-            rated: bits,
+            rated: index_bits(),
         }),
-        Some(Plan::Fold(change, bits)) => {
+        Plan::Fold { change, indexed } => {
             if let Some(c) = snap.folded.get(name, change) {
-                let rated = match (bits, need_rated) {
-                    (Some(b), _) => b,
-                    (None, true) => rated::item_bits(m, &c.rated),
-                    (None, false) => FixedBitSet::new(),
+                let rated = match (indexed, need_rated) {
+                    (true, _) => index_bits(),
+                    (false, true) => rated::item_bits(m, &c.rated),
+                    (false, false) => FixedBitSet::new(),
                 };
                 return Ok(UserNow {
                     vector: UserVector::Folded(c.folded),
@@ -167,10 +211,9 @@ pub async fn user_now(
                 rated: rated::item_bits(m, &items),
             })
         }
-        // The rated index is not built yet or the recent writes overflowed: the store
-        // says what the user rated. A known user keeps the snapshot's vector (whether
-        // it changed is unknown without the index); an unknown one is folded, uncached.
-        None => match known.filter(|_| !forgotten) {
+        // A known user keeps the snapshot's vector (whether it changed is unknown
+        // without the index); an unknown one is folded, uncached.
+        Plan::Unindexed => match known.filter(|_| !forgotten) {
             Some(u) => Ok(UserNow {
                 vector: UserVector::Snapshot(u),
                 rated: match need_rated {
@@ -191,44 +234,38 @@ pub async fn user_now(
 
 /// A user with no change since the snapshot: its own vector, or (a forgotten user, or
 /// a user it does not know who rated items it knows) a fold as of nothing new.
-fn unchanged(
-    r: &Rated,
-    name: &str,
-    known: Option<u32>,
-    forgotten: bool,
-    bits: FixedBitSet,
-) -> Plan {
+fn unchanged(r: &Rated, name: &str, known: Option<u32>, forgotten: bool) -> Plan {
+    let fold = Plan::Fold {
+        change: 0,
+        indexed: true,
+    };
     match known {
-        _ if forgotten => Plan::Fold(0, Some(bits)),
-        None if !r.index.items(name, None).is_empty() => Plan::Fold(0, Some(bits)),
-        _ => Plan::Snapshot(bits),
+        _ if forgotten => fold,
+        None if !r.index.items(name, None).is_empty() => fold,
+        _ => Plan::Snapshot,
     }
 }
 
-/// The plan from this process's record of its own writes (None: the record no longer
-/// reaches back to the snapshot).
+/// The plan from this process's record of its own writes ([`Plan::Unindexed`]: the
+/// record no longer reaches back to the snapshot).
 fn local_plan(
-    snap: &Snapshot,
     r: &Rated,
     recent: &RecentWrites,
     name: &str,
     known: Option<u32>,
     forgotten: bool,
-    need_rated: bool,
-) -> Option<Plan> {
+) -> Plan {
     // A changed user's rated items come with the fold (cached with it, or read from
     // the store with the ratings it folds), so nothing is rebuilt from the recent
     // writes on this path.
-    Some(match recent.last_change(name, r.since)? {
-        Some(seq) => Plan::Fold(seq, None),
-        None => {
-            let bits = match need_rated {
-                true => rated::item_bits(&snap.model, r.index.items(name, known)),
-                false => FixedBitSet::new(),
-            };
-            unchanged(r, name, known, forgotten, bits)
-        }
-    })
+    match recent.last_change(name, r.since) {
+        None => Plan::Unindexed,
+        Some(Some(seq)) => Plan::Fold {
+            change: seq,
+            indexed: false,
+        },
+        Some(None) => unchanged(r, name, known, forgotten),
+    }
 }
 
 /// Reads the user's ratings and solves their vector; also returns their rated items

@@ -112,6 +112,12 @@ impl Forgets {
         !set.items.is_empty() && set.items.contains(item)
     }
 
+    /// A number that changes with every retirement (and reload of the set): a result
+    /// computed under one generation is stale under another.
+    pub fn retired_generation(&self) -> u64 {
+        self.retired.load().generation
+    }
+
     /// The first of `items` that is retired (one load of the set for all of them).
     pub fn first_retired<'a>(&self, items: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
         let set = self.retired.load();

@@ -9,6 +9,7 @@ pub mod fdlimit;
 pub mod foldin;
 pub mod forget;
 pub mod http;
+pub mod listcache;
 pub mod malloc;
 pub mod metrics;
 pub mod plot;

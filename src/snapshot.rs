@@ -31,6 +31,8 @@ pub struct Snapshot {
     pub rated: OnceLock<Rated>,
     /// Users folded in against this snapshot since it was published.
     pub folded: crate::foldin::FoldCache,
+    /// Recommendation lists served from this snapshot, per user.
+    pub lists: crate::listcache::ListCache,
 }
 
 /// A snapshot's rated-items index and the write sequence number it is complete up to.
@@ -71,6 +73,7 @@ impl Snapshot {
             model,
             rated: OnceLock::new(),
             folded: Default::default(),
+            lists: Default::default(),
         }
     }
 

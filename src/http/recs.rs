@@ -7,7 +7,9 @@ use crate::http::error::ErrorBody;
 use crate::http::extract::{ApiPath, ApiQuery};
 use crate::http::openapi::PathId;
 use crate::http::AppState;
+use crate::listcache::{List, ListKey};
 use crate::rated;
+use crate::snapshot::Snapshot;
 use axum::extract::State;
 use axum::Json;
 use serde::{Deserialize, Serialize};
@@ -189,25 +191,17 @@ pub async fn recommendations(
     let (version, fallback, folded_in, items) = match st.serving.get() {
         Some(snap) => {
             let m = &snap.model;
-            let forgotten = st.forgets.is_forgotten(user.as_str(), &snap);
-            let mut now =
-                foldin::user_now(&snap, &st.recent, &st.store, &user, true, forgotten).await?;
-            // retired items are excluded like rated ones (one OR of the two bit sets)
-            if let Some(retired) = st.forgets.retired_mask(&snap) {
-                now.rated.union_with(&retired);
-            }
-            let seen = |i| rated::contains(&now.rated, i);
-            let (fallback, folded_in, list) = match &now.vector {
-                UserVector::Snapshot(u) => (false, false, snap.index.top_n(m, *u, n, seen)),
-                UserVector::Folded(f) => (
-                    false,
-                    true,
-                    snap.index.top_n_for(m, &f.factors, f.bias, n, seen),
-                ),
-                UserVector::None => (true, false, m.popular(n, seen)),
-            };
-            let named = list.into_iter().map(|(i, s)| (m.items.id(i).to_owned(), s));
-            (Some(snap.version), fallback, folded_in, scored(named))
+            let list = ranked(&st, &snap, &user, n).await?;
+            let named = list
+                .items
+                .iter()
+                .map(|&(i, s)| (m.items.id(i).to_owned(), s));
+            (
+                Some(snap.version),
+                list.fallback,
+                list.folded_in,
+                scored(named),
+            )
         }
         None => (
             None,
@@ -223,6 +217,52 @@ pub async fn recommendations(
         folded_in,
         items,
     }))
+}
+
+/// The user's top-`n` list from `snap`: the one cached for the same user state, or
+/// ranked now (and cached, [`crate::listcache`]).
+async fn ranked(st: &AppState, snap: &Snapshot, user: &UserId, n: usize) -> Result<List, ApiError> {
+    let m = &snap.model;
+    let name = user.as_str();
+    let forgotten = st.forgets.is_forgotten(name, snap);
+    // read before the mask: a retirement in between leaves a list cached under the
+    // older generation, which no later request asks for
+    let retired_generation = st.forgets.retired_generation();
+    let plan = foldin::plan(snap, &st.recent, &st.store, user, forgotten).await?;
+    let key = plan.user_state().map(|user_state| ListKey {
+        user_state,
+        forgotten,
+        retired: retired_generation,
+        n,
+    });
+    if let Some(list) = key.as_ref().and_then(|k| snap.lists.get(name, k)) {
+        return Ok(list);
+    }
+    let mut now = foldin::resolve(plan, snap, &st.store, user, true, forgotten).await?;
+    // retired items are excluded like rated ones (one OR of the two bit sets)
+    if let Some(retired) = st.forgets.retired_mask(snap) {
+        now.rated.union_with(&retired);
+    }
+    let seen = |i| rated::contains(&now.rated, i);
+    let (fallback, folded_in, items) = match &now.vector {
+        UserVector::Snapshot(u) => (false, false, snap.index.top_n(m, *u, n, seen)),
+        UserVector::Folded(f) => (
+            false,
+            true,
+            snap.index.top_n_for(m, &f.factors, f.bias, n, seen),
+        ),
+        UserVector::None => (true, false, m.popular(n, seen)),
+    };
+    let list = List {
+        fallback,
+        folded_in,
+        items: items.into(),
+    };
+    if let Some(key) = key {
+        let max = st.settings.server.list_cache_users;
+        snap.lists.put(name, key, list.clone(), max);
+    }
+    Ok(list)
 }
 
 /// `GET /v1/items/{item}/similar?n=` — cosine similarity of item factors; an

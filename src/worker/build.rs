@@ -94,6 +94,7 @@ pub fn build_snapshot(
             index: rated,
         }),
         folded: Default::default(),
+        lists: Default::default(),
     };
     Ok(Some(Built {
         snapshot,

@@ -207,3 +207,59 @@ async fn svdpp_trains_serves_folds_in_and_survives_a_restart() {
     assert_eq!(before, after);
     app.stop().await;
 }
+
+/// The same request again is answered from the list kept for the user (the same list),
+/// and the user's next write or delete makes the next one rank again: the kept list
+/// never outlives the ratings it was ranked from. With the cache off
+/// (`server.list_cache_users = 0`, same ratings and model) the list is the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_list_is_replaced_by_the_users_next_write() {
+    let app = spawn_app().await;
+    app.post_ratings(&planted()).await;
+    let version = app.train().await;
+    let path = "/v1/users/u0/recommendations?n=5";
+    let (_, first) = app.get_json(path).await;
+    let (_, again) = app.get_json(path).await;
+    assert_eq!(first, again);
+    assert_eq!(first["folded_in"], false, "{first}");
+
+    // u0 rates the top item: the next same request excludes it, folded in
+    let top = item_numbers(&first)[0];
+    let (s, v) = app
+        .post_json(
+            "/v1/ratings",
+            &json!({"user": "u0", "item": format!("i{top}"), "rating": 1}),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let (_, after) = app.get_json(path).await;
+    assert_eq!(after["folded_in"], true, "{after}");
+    assert!(!item_numbers(&after).contains(&top), "{after}");
+    // and the delete of that rating makes it recommendable again
+    let r = app
+        .client
+        .delete(app.url(&format!("/v1/users/u0/ratings/i{top}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let (_, back) = app.get_json(path).await;
+    assert!(item_numbers(&back).contains(&top), "{back}");
+    let (_, back_again) = app.get_json(path).await;
+    assert_eq!(back, back_again);
+
+    // the same data and model with the cache off, after a restart (which reads u0's
+    // ratings into the new rated index: u0 is served the snapshot's vector again): the
+    // list first served
+    let tmp = app.tmp.clone();
+    app.stop().await;
+    let app = spawn_app_in(tmp, |s| {
+        s.server.list_cache_users = 0;
+        s.training.train_on_start = false;
+    })
+    .await;
+    assert_eq!(app.model_version().await, Some(version));
+    let (_, uncached) = app.get_json(path).await;
+    assert_eq!(uncached["items"], first["items"], "{uncached} vs {first}");
+    app.stop().await;
+}

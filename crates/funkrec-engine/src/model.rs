@@ -373,31 +373,77 @@ impl Ord for Scored {
     }
 }
 
-/// Keeps the `n` best (score, index) pairs seen; result sorted best first.
+/// Up to this many kept pairs live in a sorted array (an insertion moves at most this
+/// many 8-byte entries, cheaper than a heap's sifts); more go to a binary heap.
+const SORTED_MAX: usize = 32;
+
+/// Keeps the `n` best (score, index) pairs seen; result sorted best first. A pair
+/// enters a full set only with a score strictly above the worst kept one (so among
+/// equal scores the first pushed stays), NaN never.
 pub struct TopK {
     n: usize,
-    heap: BinaryHeap<Scored>,
+    kept: Kept,
+    /// The worst kept score once `n` are kept (−∞ before): the bar a new pair must beat.
+    bar: f32,
+}
+
+enum Kept {
+    /// Best first (ascending in `Scored`'s order), for n ≤ [`SORTED_MAX`].
+    Sorted(Vec<Scored>),
+    /// Max-heap in `Scored`'s order: the worst kept pair on top.
+    Heap(BinaryHeap<Scored>),
 }
 
 impl TopK {
     pub fn new(n: usize) -> Self {
+        let kept = match n <= SORTED_MAX {
+            true => Kept::Sorted(Vec::with_capacity(n)),
+            false => Kept::Heap(BinaryHeap::with_capacity(n + 1)),
+        };
         TopK {
             n,
-            heap: BinaryHeap::with_capacity(n + 1),
+            kept,
+            bar: f32::NEG_INFINITY,
         }
     }
 
     #[inline]
     pub fn push(&mut self, score: f32, index: u32) {
-        if self.n == 0 || score.is_nan() {
-            return;
+        // NaN fails both; −∞ enters a set not yet full (`insert` checks)
+        if score > self.bar || score == f32::NEG_INFINITY {
+            self.insert(score, index);
         }
-        if self.heap.len() < self.n {
-            self.heap.push(Scored(score, index));
-        } else if let Some(worst) = self.heap.peek() {
-            if score > worst.0 {
-                self.heap.pop();
-                self.heap.push(Scored(score, index));
+    }
+
+    /// [`TopK::push`] past the quick rejection (`score` is not NaN).
+    fn insert(&mut self, score: f32, index: u32) {
+        let new = Scored(score, index);
+        let n = self.n;
+        match &mut self.kept {
+            Kept::Sorted(v) => {
+                if v.len() == n {
+                    if n == 0 || score <= self.bar {
+                        return;
+                    }
+                    v.pop();
+                }
+                let at = v.partition_point(|e| *e <= new);
+                v.insert(at, new);
+                if v.len() == n {
+                    self.bar = v[n - 1].0;
+                }
+            }
+            Kept::Heap(h) => {
+                if h.len() == n {
+                    if score <= self.bar {
+                        return;
+                    }
+                    h.pop();
+                }
+                h.push(new);
+                if h.len() == n {
+                    self.bar = h.peek().map_or(f32::NEG_INFINITY, |w| w.0);
+                }
             }
         }
     }
@@ -406,19 +452,16 @@ impl TopK {
     /// while fewer than `n` are held.
     #[inline]
     pub fn threshold(&self) -> f32 {
-        match self.heap.peek() {
-            Some(worst) if self.heap.len() >= self.n => worst.0,
-            _ => f32::NEG_INFINITY,
-        }
+        self.bar
     }
 
     pub fn into_sorted(self) -> Vec<(u32, f32)> {
-        // into_sorted_vec is ascending by Ord, which is descending by score.
-        self.heap
-            .into_sorted_vec()
-            .into_iter()
-            .map(|Scored(s, i)| (i, s))
-            .collect()
+        let sorted = match self.kept {
+            Kept::Sorted(v) => v,
+            // into_sorted_vec is ascending by Ord, which is descending by score.
+            Kept::Heap(h) => h.into_sorted_vec(),
+        };
+        sorted.into_iter().map(|Scored(s, i)| (i, s)).collect()
     }
 }
 
@@ -663,6 +706,57 @@ mod tests {
             t.push(*s, i as u32);
         }
         assert_eq!(t.into_sorted(), vec![(3, 3.0), (1, 2.0), (4, 1.0)]);
+    }
+
+    /// What `TopK` keeps, the plain way: a bounded max-heap on the worst pair.
+    fn reference(n: usize, pushes: &[(f32, u32)]) -> Vec<(u32, f32)> {
+        let mut heap = BinaryHeap::new();
+        for &(s, i) in pushes {
+            if n == 0 || s.is_nan() {
+                continue;
+            }
+            if heap.len() < n {
+                heap.push(Scored(s, i));
+            } else if heap.peek().is_some_and(|w: &Scored| s > w.0) {
+                heap.pop();
+                heap.push(Scored(s, i));
+            }
+        }
+        heap.into_sorted_vec()
+            .into_iter()
+            .map(|Scored(s, i)| (i, s))
+            .collect()
+    }
+
+    proptest::proptest! {
+        /// Both layouts (sorted array up to `SORTED_MAX`, heap above) keep what the
+        /// plain bounded heap keeps, ties, −∞, ±0 and NaN included, and the threshold
+        /// follows the n-th best.
+        #[test]
+        fn topk_equals_a_bounded_heap(
+            n in 0usize..80,
+            raw in proptest::collection::vec((0u8..12, 0u32..50), 0..300),
+        ) {
+            let scores = [f32::NEG_INFINITY, -1.0, -0.0, 0.0, 0.5, 1.0, 1.0, 2.0, 3.5,
+                f32::INFINITY, f32::NAN, 2.0];
+            let pushes: Vec<(f32, u32)> =
+                raw.iter().map(|&(s, i)| (scores[s as usize], i)).collect();
+            let mut t = TopK::new(n);
+            for (k, &(s, i)) in pushes.iter().enumerate() {
+                t.push(s, i);
+                let want = reference(n, &pushes[..=k]);
+                let bar = match want.len() == n && n > 0 {
+                    true => want[n - 1].1,
+                    false => f32::NEG_INFINITY,
+                };
+                proptest::prop_assert_eq!(t.threshold().to_bits(), bar.to_bits());
+            }
+            let got: Vec<(u32, u32)> =
+                t.into_sorted().iter().map(|&(i, s)| (i, s.to_bits())).collect();
+            let want: Vec<(u32, u32)> =
+                reference(n, &pushes).iter().map(|&(i, s)| (i, s.to_bits())).collect();
+            proptest::prop_assert_eq!(got, want);
+        }
     }
 
     #[test]
