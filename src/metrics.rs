@@ -37,6 +37,10 @@ pub struct Metrics {
     cluster_leader: IntGauge,
     checksum_failures: IntCounter,
     models_loaded: IntCounter,
+    list_cache: IntCounterVec,
+    /// The two series of `list_cache`, looked up once.
+    list_hits: IntCounter,
+    list_misses: IntCounter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -53,6 +57,14 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Metrics {
+        let list_cache = IntCounterVec::new(
+            Opts::new(
+                "funkrec_list_cache_requests_total",
+                "Recommendation requests answered from a kept list (hit) or ranked (miss)",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
         let labels = &["method", "route", "status"];
         let requests = IntCounterVec::new(
             Opts::new(
@@ -129,6 +141,9 @@ impl Metrics {
                 "funkrec_model_loads_total",
                 "Models loaded from the database and served",
             ),
+            list_hits: list_cache.with_label_values(&["hit"]),
+            list_misses: list_cache.with_label_values(&["miss"]),
+            list_cache,
         };
         let r = &m.registry;
         let all: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -148,6 +163,7 @@ impl Metrics {
             Box::new(m.cluster_leader.clone()),
             Box::new(m.checksum_failures.clone()),
             Box::new(m.models_loaded.clone()),
+            Box::new(m.list_cache.clone()),
         ];
         for c in all {
             r.register(c).expect("metric names are unique");
@@ -164,6 +180,14 @@ impl Metrics {
         self.latency
             .with_label_values(&labels)
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts a recommendation request answered from a kept list (`hit`) or ranked.
+    pub fn observe_list_cache(&self, hit: bool) {
+        match hit {
+            true => self.list_hits.inc(),
+            false => self.list_misses.inc(),
+        }
     }
 
     /// Refreshes the state-derived figures. `ratings` is None when the count failed

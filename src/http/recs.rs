@@ -236,8 +236,10 @@ async fn ranked(st: &AppState, snap: &Snapshot, user: &UserId, n: usize) -> Resu
         n,
     });
     if let Some(list) = key.as_ref().and_then(|k| snap.lists.get(name, k)) {
+        st.metrics.observe_list_cache(true);
         return Ok(list);
     }
+    st.metrics.observe_list_cache(false);
     let mut now = foldin::resolve(plan, snap, &st.store, user, true, forgotten).await?;
     // retired items are excluded like rated ones (one OR of the two bit sets)
     if let Some(retired) = st.forgets.retired_mask(snap) {

@@ -208,6 +208,18 @@ async fn svdpp_trains_serves_folds_in_and_survives_a_restart() {
     app.stop().await;
 }
 
+/// `funkrec_list_cache_requests_total` (hits, misses) from `/metrics`.
+async fn list_cache(app: &TestApp) -> (u64, u64) {
+    let text = app.get("/metrics").await.text().await.unwrap();
+    let count = |result: &str| {
+        let series = format!("funkrec_list_cache_requests_total{{result=\"{result}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(series.as_str()))
+            .map_or(0, |v| v.trim().parse().unwrap())
+    };
+    (count("hit"), count("miss"))
+}
+
 /// The same request again is answered from the list kept for the user (the same list),
 /// and the user's next write or delete makes the next one rank again: the kept list
 /// never outlives the ratings it was ranked from. With the cache off
@@ -219,8 +231,10 @@ async fn a_kept_list_is_replaced_by_the_users_next_write() {
     let version = app.train().await;
     let path = "/v1/users/u0/recommendations?n=5";
     let (_, first) = app.get_json(path).await;
+    assert_eq!(list_cache(&app).await, (0, 1));
     let (_, again) = app.get_json(path).await;
     assert_eq!(first, again);
+    assert_eq!(list_cache(&app).await, (1, 1), "the second was kept");
     assert_eq!(first["folded_in"], false, "{first}");
 
     // u0 rates the top item: the next same request excludes it, folded in
@@ -233,6 +247,11 @@ async fn a_kept_list_is_replaced_by_the_users_next_write() {
         .await;
     assert_eq!(s, 201, "{v}");
     let (_, after) = app.get_json(path).await;
+    assert_eq!(
+        list_cache(&app).await,
+        (1, 2),
+        "ranked again after the write"
+    );
     assert_eq!(after["folded_in"], true, "{after}");
     assert!(!item_numbers(&after).contains(&top), "{after}");
     // and the delete of that rating makes it recommendable again
@@ -247,6 +266,11 @@ async fn a_kept_list_is_replaced_by_the_users_next_write() {
     assert!(item_numbers(&back).contains(&top), "{back}");
     let (_, back_again) = app.get_json(path).await;
     assert_eq!(back, back_again);
+    assert_eq!(
+        list_cache(&app).await,
+        (2, 3),
+        "ranked after the delete, then kept"
+    );
 
     // the same data and model with the cache off, after a restart (which reads u0's
     // ratings into the new rated index: u0 is served the snapshot's vector again): the
