@@ -65,13 +65,7 @@ async fn a_write_is_reflected_by_the_next_read() {
     let before = predict(&app, "fresh", "i12").await["rating"]
         .as_f64()
         .unwrap();
-    let r = app
-        .client
-        .delete(app.url("/v1/users/fresh/ratings/i12"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 204);
+    assert_eq!(app.delete("/v1/users/fresh/ratings/i12").await, 204);
     let after = predict(&app, "fresh", "i12").await["rating"]
         .as_f64()
         .unwrap();
@@ -255,13 +249,10 @@ async fn a_kept_list_is_replaced_by_the_users_next_write() {
     assert_eq!(after["folded_in"], true, "{after}");
     assert!(!item_numbers(&after).contains(&top), "{after}");
     // and the delete of that rating makes it recommendable again
-    let r = app
-        .client
-        .delete(app.url(&format!("/v1/users/u0/ratings/i{top}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 204);
+    assert_eq!(
+        app.delete(&format!("/v1/users/u0/ratings/i{top}")).await,
+        204
+    );
     let (_, back) = app.get_json(path).await;
     assert!(item_numbers(&back).contains(&top), "{back}");
     let (_, back_again) = app.get_json(path).await;

@@ -105,6 +105,12 @@ impl TestApp {
         (status, r.json().await.unwrap())
     }
 
+    /// `DELETE path`; the status.
+    pub async fn delete(&self, path: &str) -> u16 {
+        let r = self.client.delete(self.url(path)).send().await.unwrap();
+        r.status().as_u16()
+    }
+
     pub async fn post_json(&self, path: &str, body: &Value) -> (u16, Value) {
         let r = self
             .client

@@ -66,13 +66,10 @@ async fn deleting_after_the_snapshot_makes_an_item_recommendable_again() {
     assert_eq!(before.len(), 20 - rated.len());
     // delete one rating, rate one more, delete that again: the list follows at once
     let gone = &rated[0];
-    let r = app
-        .client
-        .delete(app.url(&format!("/v1/users/u0/ratings/{gone}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 204);
+    assert_eq!(
+        app.delete(&format!("/v1/users/u0/ratings/{gone}")).await,
+        204
+    );
     let (_, v) = app.get_json("/v1/users/u0/recommendations?n=20").await;
     let after = recs(v);
     assert!(after.contains(gone), "{gone} unrated now: {after:?}");
